@@ -1,0 +1,65 @@
+"""Value codecs: how workflow arguments, step results and payloads are stored."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any, Protocol
+
+from substantial.errors import CodecError
+
+
+class Codec(Protocol):
+    """Turns values into bytes and back; raises ``CodecError`` when it cannot."""
+
+    name: str
+
+    def encode(self, value: Any) -> bytes: ...
+
+    def decode(self, data: bytes) -> Any: ...
+
+
+class JSONCodec:
+    """The default: JSON, readable in any tool. Tuples come back as lists."""
+
+    name = "json"
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as e:
+            raise CodecError(f"{type(value).__name__} is not JSON-encodable: {e}") from e
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except ValueError as e:
+            raise CodecError(f"stored value is not valid JSON: {e}") from e
+
+
+class PickleCodec:
+    """Any picklable value. Opt in only when every reader of the store is trusted."""
+
+    name = "pickle"
+
+    def encode(self, value: Any) -> bytes:
+        try:
+            return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as e:
+            raise CodecError(f"{type(value).__name__} cannot be pickled: {e}") from e
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return pickle.loads(data)
+        except Exception as e:
+            raise CodecError(f"stored value cannot be unpickled: {e}") from e
+
+
+def encode_at(codec: Codec, value: Any, run_id: str, where: str) -> bytes:
+    """Encode ``value``, naming the run and the place in a ``CodecError``."""
+    try:
+        return codec.encode(value)
+    except CodecError as e:
+        raise CodecError(
+            f"run {run_id!r}, {where}: {e}. Return plain data, or pass codec=PickleCodec() to the Conductor"
+        ) from e

@@ -1,0 +1,249 @@
+"""The Conductor (starts and finds runs, runs workers) and RunHandle (one run)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from substantial import defaults
+from substantial import events as ev
+from substantial.backends.base import Backend, Message, check_run_id
+from substantial.codec import Codec, JSONCodec, encode_at
+from substantial.errors import RunCancelled, RunFailed, RunNotFound
+from substantial.runs import HistoryEvent, RunInfo, RunStatus, Summary
+from substantial.worker import Worker
+from substantial.workflow import Registry, Workflow
+
+START_ID = "start"  # one start message per run: a repeated start is ingested once
+_END = 2**62  # a read position past any log: reads only its version
+
+
+class Conductor:
+    """Starts, finds and signals runs on one backend; ``run()`` starts a worker.
+
+    Every process that starts runs registers the same workflows as the
+    workers, so that a typo fails at ``start``, not in a worker.
+    """
+
+    def __init__(self, backend: Backend, *, codec: Codec | None = None) -> None:
+        self.backend = backend
+        self.codec: Codec = codec or JSONCodec()
+        self.registry = Registry()
+        self._workers: list[Worker] = []
+        self._changed = threading.Condition()
+        self._generation = 0
+
+    def register(self, *workflows: Workflow) -> None:
+        """Make workflows known to this conductor and its workers."""
+        self.registry.add(workflows)
+
+    # -- runs ------------------------------------------------------------
+
+    def start(self, wf: Workflow | str, *args: Any, run_id: str | None = None, **kwargs: Any) -> RunHandle:
+        """Start a run of ``wf`` and return its handle at once.
+
+        With a ``run_id``, starting is idempotent: if that run exists, its
+        handle is returned and nothing else happens. Raises ``UnknownWorkflow``,
+        ``InvalidRunId`` or ``CodecError`` before anything is stored.
+        """
+        workflow = self.registry.resolve(wf)
+        run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
+        call = encode_at(self.codec, {"args": list(args), "kwargs": kwargs}, run_id, "the workflow's arguments")
+        if self.backend.read_info(run_id) is None:
+            now = time.time()
+            summary = Summary(workflow.name, workflow.queue, RunStatus.PENDING, now, now)
+            self.backend.write_info(run_id, summary.to_bytes())
+        started = ev.RunStarted(message_id=START_ID, workflow=workflow.name, queue=workflow.queue, args=call)
+        self._post(workflow.queue, run_id, START_ID, started)
+        return RunHandle(self, run_id, workflow.queue)
+
+    def get(self, run_id: str) -> RunHandle:
+        """The handle of an existing run; ``RunNotFound`` if there is none."""
+        return RunHandle(self, run_id, self.summary(run_id).queue)
+
+    def list_runs(
+        self, status: RunStatus | str | None = None, workflow: Workflow | str | None = None, limit: int = 100
+    ) -> list[RunInfo]:
+        """Runs in id order, filtered by status and workflow, at most ``limit``."""
+        want_status = RunStatus(status) if status is not None else None
+        want_name = workflow.name if isinstance(workflow, Workflow) else workflow
+        found: list[RunInfo] = []
+        after: str | None = None
+        while len(found) < limit:
+            page = self.backend.list_runs(after=after, limit=max(limit, 100))
+            for run_id in page:
+                raw = self.backend.read_info(run_id)
+                if raw is None:
+                    continue
+                summary = Summary.from_bytes(raw)
+                if want_status in (None, summary.status) and want_name in (None, summary.workflow):
+                    found.append(RunInfo.of(run_id, summary))
+            if len(page) < max(limit, 100):
+                break
+            after = page[-1]
+        return found[:limit]
+
+    def run(
+        self,
+        threads: int = defaults.THREADS,
+        *,
+        queues: Iterable[str] | None = None,
+        lease_ttl: float = defaults.LEASE_TTL,
+        cache_size: int = defaults.CACHE_SIZE,
+        poll_interval: float = defaults.POLL_INTERVAL,
+    ) -> Worker:
+        """Start a worker serving ``queues`` (default: those of the registered workflows).
+
+        Use it as a context manager, or call ``stop()``. ``cache_size=0``
+        turns the sticky cache off (every turn replays from the log).
+        """
+        worker = Worker(
+            self.backend,
+            self.registry,
+            self.codec,
+            queues=queues if queues is not None else (self.registry.queues() or {defaults.QUEUE}),
+            threads=threads,
+            lease_ttl=lease_ttl,
+            cache_size=cache_size,
+            poll_interval=poll_interval,
+            on_turn=self._notify,
+        )
+        self._workers.append(worker)
+        return worker.start()
+
+    # -- for RunHandle -------------------------------------------------------
+
+    def summary(self, run_id: str) -> Summary:
+        raw = self.backend.read_info(check_run_id(run_id))
+        if raw is None:
+            raise RunNotFound(run_id)
+        return Summary.from_bytes(raw)
+
+    def _post(
+        self, queue: str, run_id: str, message_id: str, record: ev.RunStarted | ev.EventReceived | ev.CancelRequested
+    ) -> None:
+        self.backend.post(queue, run_id, Message(message_id, ev.encode_message(record)))
+        for worker in self._workers:
+            worker.wake()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
+        """Wait until ``done()``, woken by local turns and polling for remote ones."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        poll = 0.01
+        while True:
+            with self._changed:
+                generation = self._generation
+            if done():
+                return True
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            with self._changed:
+                wait = poll if left is None else min(poll, left)
+                self._changed.wait_for(lambda g=generation: self._generation != g, wait)  # type: ignore[misc]
+            poll = min(poll * 2, 0.25)
+
+
+def _history_value(record: ev.Record, codec: Codec) -> Any:
+    for attribute in ("value", "args", "payload"):
+        if isinstance(getattr(record, attribute, None), bytes):
+            return codec.decode(getattr(record, attribute))
+    for attribute in ("error", "fire_at", "next_at", "message_id", "reason", "message"):
+        if hasattr(record, attribute):
+            return getattr(record, attribute)
+    return None
+
+
+class RunHandle:
+    """One run: send it events, cancel it, read its status, result and history."""
+
+    def __init__(self, conductor: Conductor, run_id: str, queue: str) -> None:
+        self._conductor = conductor
+        self.id = run_id
+        self._queue = queue
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.id!r})"
+
+    def send(self, name: str, payload: Any = None) -> None:
+        """Send event ``name`` to the run; ``receive`` and ``handle`` get it, in send order."""
+        c = self._conductor
+        message_id = uuid.uuid4().hex
+        data = encode_at(c.codec, payload, self.id, f"the payload of event {name!r}")
+        c._post(self._queue, self.id, message_id, ev.EventReceived(message_id=message_id, name=name, payload=data))
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Ask the run to stop: its next ``yield`` raises ``RunCancelled``."""
+        message_id = uuid.uuid4().hex
+        record = ev.CancelRequested(message_id=message_id, reason=reason or "")
+        self._conductor._post(self._queue, self.id, message_id, record)
+
+    def status(self) -> RunStatus:
+        """Where the run stands now."""
+        return self._conductor.summary(self.id).status
+
+    def info(self) -> RunInfo:
+        """Status, times, what the run waits for, and its result or error once finished."""
+        summary = self._conductor.summary(self.id)
+        if not summary.status.finished:
+            return RunInfo.of(self.id, summary)
+        end = self._end()
+        if isinstance(end, ev.RunCompleted):
+            return RunInfo.of(self.id, summary, result=self._conductor.codec.decode(end.value))
+        if isinstance(end, ev.RunFailed):
+            return RunInfo.of(self.id, summary, error=end.error)
+        return RunInfo.of(self.id, summary)
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to finish and return its result.
+
+        Raises ``RunFailed`` or ``RunCancelled`` if it ended so, and
+        ``TimeoutError`` if it has not finished within ``timeout`` seconds.
+        """
+        if not self._conductor._wait_until(lambda: self.status().finished, timeout):
+            raise TimeoutError(f"run {self.id!r} has not finished within {timeout}s")
+        end = self._end()
+        if isinstance(end, ev.RunCompleted):
+            return self._conductor.codec.decode(end.value)
+        if isinstance(end, ev.RunFailed):
+            raise RunFailed(self.id, end.error.type, end.error.message, end.error.traceback)
+        assert isinstance(end, ev.RunCancelled)
+        raise RunCancelled(end.reason)
+
+    def history(self) -> list[HistoryEvent]:
+        """The run's log, decoded: one event per record, oldest first."""
+        raw, _ = self._conductor.backend.read_log(self.id)
+        codec = self._conductor.codec
+        events = []
+        for data in raw:
+            record = ev.decode(data)
+            step = record.step if isinstance(record, ev.STEP_RECORDS) else None
+            events.append(
+                HistoryEvent(
+                    kind=record.field,
+                    step=step,
+                    value=_history_value(record, codec),
+                    command=record.command,
+                    fingerprint=record.fingerprint,
+                    at=datetime.fromtimestamp(record.at, tz=timezone.utc),
+                )
+            )
+        return events
+
+    def _end(self) -> ev.Record:
+        backend = self._conductor.backend
+        _, version = backend.read_log(self.id, after=_END)
+        raw, _ = backend.read_log(self.id, after=max(version - 1, 0))
+        end = ev.decode(raw[-1])
+        if not isinstance(end, ev.TERMINAL):
+            raise RunNotFound(self.id)
+        return end

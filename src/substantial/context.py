@@ -1,0 +1,124 @@
+"""The ``Context`` a workflow receives: the primitives, building commands."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from substantial.commands import (
+    NO_RETRY,
+    Ensure,
+    Now,
+    Random,
+    Receive,
+    Retry,
+    Save,
+    Seconds,
+    Sleep,
+    Uuid4,
+    seconds,
+)
+
+
+class Runtime(Protocol):
+    """What the engine offers a context for the primitives that are not yielded."""
+
+    def register_handler(self, name: str, callback: Callable[..., Any]) -> None: ...
+
+    def emit_log(self, level: int, message: str) -> None: ...
+
+
+class WorkflowLogger:
+    """A ``logging.Logger``-like object whose records are emitted once, never on replay."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def log(self, level: int, msg: str, *args: Any) -> None:
+        self._runtime.emit_log(level, msg % args if args else msg)
+
+    def debug(self, msg: str, *args: Any) -> None:
+        self.log(logging.DEBUG, msg, *args)
+
+    def info(self, msg: str, *args: Any) -> None:
+        self.log(logging.INFO, msg, *args)
+
+    def warning(self, msg: str, *args: Any) -> None:
+        self.log(logging.WARNING, msg, *args)
+
+    def error(self, msg: str, *args: Any) -> None:
+        self.log(logging.ERROR, msg, *args)
+
+
+class Context:
+    """Handed to every workflow; the only door to time, randomness and I/O.
+
+    Every method but ``handle`` (and the ``log`` attribute) returns a command
+    to ``yield``: ``value = yield c.save(f)``.
+    """
+
+    def __init__(self, run_id: str, workflow: str, runtime: Runtime) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self._runtime = runtime
+        self.log = WorkflowLogger(runtime)
+
+    def save(
+        self,
+        f: Callable[[], Any],
+        *,
+        compensate_with: Callable[[], Any] | None = None,
+        retry: Retry | None = None,
+        timeout: Seconds | None = None,
+        key: str | None = None,
+    ) -> Save:
+        """Run ``f()`` once and record its result; replay returns the record.
+
+        ``f`` may run more than once if a worker dies before recording it, so
+        make it idempotent. Failures are retried by ``retry``; a permanent
+        one raises ``StepFailed`` at the ``yield``. A ``timeout`` fails an
+        attempt that runs longer (the attempt's thread is abandoned).
+        """
+        return Save(
+            fn=f,
+            compensate_with=compensate_with,
+            retry=retry or NO_RETRY,
+            timeout=None if timeout is None else seconds(timeout),
+            key=key,
+        )
+
+    def sleep(self, delta: Seconds, *, key: str | None = None) -> Sleep:
+        """Wait ``delta`` durably; no thread is held meanwhile."""
+        return Sleep(seconds=seconds(delta), key=key)
+
+    def receive(self, name: str, *, timeout: Seconds | None = None, key: str | None = None) -> Receive:
+        """The payload of the oldest unconsumed event ``name``; waits durably.
+
+        Raises ``TimeoutError`` at the ``yield`` when ``timeout`` passes first.
+        """
+        return Receive(name=name, timeout=None if timeout is None else seconds(timeout), key=key)
+
+    def handle(self, name: str, cb: Callable[..., Any]) -> None:
+        """Call ``cb(payload)`` (or ``cb()``) for every event ``name``, past ones first."""
+        self._runtime.register_handler(name, cb)
+
+    def ensure(self, pred: Callable[[], Any], *, timeout: Seconds | None = None) -> Ensure:
+        """Wait until ``pred()`` is true; re-checked whenever events arrive.
+
+        Raises ``TimeoutError`` at the ``yield`` when ``timeout`` passes first;
+        an error inside ``pred`` is raised there as ``StepFailed``.
+        """
+        return Ensure(predicate=pred, timeout=None if timeout is None else seconds(timeout))
+
+    def now(self) -> Now:
+        """The current UTC ``datetime``, the same on every replay."""
+        return Now()
+
+    def random(self) -> Random:
+        """A float in [0, 1), the same on every replay."""
+        return Random()
+
+    def uuid4(self) -> Uuid4:
+        """A random ``uuid.UUID``, the same on every replay."""
+        return Uuid4()

@@ -1,0 +1,501 @@
+"""The engine: one run's generator driven against its log.
+
+Pure: no I/O and no clock of its own (the caller passes one in). The worker
+feeds it the log, calls :meth:`Execution.advance` and appends the records it
+returns; the same object, kept alive, is the sticky cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import random
+import threading
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from substantial import events as ev
+from substantial.codec import Codec, encode_at
+from substantial.commands import Command, Ensure, Now, Random, Receive, Save, Sleep, Uuid4
+from substantial.context import Context
+from substantial.errors import CodecError, CorruptRecord, NonDeterminismError, RunCancelled, StepFailed
+from substantial.workflow import Workflow
+
+Clock = Callable[[], float]
+State = Literal["running", "waiting", "completed", "failed", "cancelled"]
+TERMINAL_STATE: dict[type[ev.Record], State] = {
+    ev.RunCompleted: "completed",
+    ev.RunFailed: "failed",
+    ev.RunCancelled: "cancelled",
+}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What one ``advance`` did: records to append, and where the run stands.
+
+    ``running`` means: append the records, then call ``advance`` again.
+    ``waiting`` means: park the run until ``due_at`` (``None``: until an
+    event arrives).
+    """
+
+    records: list[ev.Record]
+    state: State
+    due_at: float | None = None
+    waiting_for: str = ""
+
+
+@dataclass
+class _Outcome:
+    value: Any = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class _Blocked:
+    due_at: float | None
+    waiting_for: str
+
+
+class _Again:
+    """Persist what is pending, then resolve the same command again."""
+
+
+AGAIN = _Again()
+_ENDED = object()
+Resolution = _Outcome | _Blocked | _Again
+
+
+@dataclass
+class _Pending:
+    """The command being resolved and what its step's records said so far."""
+
+    step: int
+    command: Command
+    attempts: int = 0
+    next_at: float | None = None
+    fire_at: float | None = None
+
+
+@dataclass
+class _Message:
+    id: str
+    payload: bytes
+
+
+@dataclass
+class _Inbox:
+    """Delivered events of one name: all of them (for handlers) and the unconsumed."""
+
+    delivered: list[_Message] = field(default_factory=list)
+    unconsumed: deque[_Message] = field(default_factory=deque)
+    handlers: list[Callable[[Any], Any]] = field(default_factory=list)
+
+
+def failure_of(error: BaseException) -> ev.Failure:
+    """The log's form of an exception: type path, message, traceback text."""
+    cls = type(error)
+    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    tb = "".join(traceback.format_exception(error))
+    if isinstance(error, StepFailed) and error.traceback:
+        tb = f"{tb}\nThe step failed with:\n{error.traceback}"
+    return ev.Failure(type=name, message=str(error), traceback=tb)
+
+
+def _step_failed(record: ev.StepFailed) -> StepFailed:
+    err = record.error
+    return StepFailed(err.type, err.message, err.traceback, record.attempts)
+
+
+def _adapt(callback: Callable[..., Any]) -> Callable[[Any], Any]:
+    """A handler called with the payload if it takes an argument, with none otherwise."""
+    try:
+        params = inspect.signature(callback).parameters.values()
+    except (TypeError, ValueError):
+        return callback
+    takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
+    return callback if takes else (lambda _payload: callback())
+
+
+def _call(fn: Callable[[], Any], timeout: float | None) -> Any:
+    """Run ``fn``; past ``timeout`` seconds give up on it with ``TimeoutError``."""
+    if timeout is None:
+        return fn()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="substantial-step", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"step did not finish within {timeout:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+class Execution:
+    """One run: its generator, the log it has consumed, and the events delivered."""
+
+    def __init__(self, run_id: str, workflow: Workflow, codec: Codec, log: Sequence[ev.Record]) -> None:
+        self.run_id = run_id
+        self.workflow = workflow
+        self._codec = codec
+        self._log: list[ev.Record] = []
+        self._pos = 0
+        self.seen: set[str] = set()
+        self._logged = 0
+        self.feed(log)
+        self._gen: Generator[Any, Any, Any] | None = None
+        self._ready = _Outcome()
+        self._pending: _Pending | None = None
+        self._new: list[ev.Record] = []
+        self._next_step = 0
+        self._log_calls = 0
+        self._inboxes: dict[str, _Inbox] = {}
+        self._cancel: str | None = None
+        self._closing = False
+        self._ran_step = False  # a save ran live: its record must be appended before going on
+        self._clock: Clock = lambda: 0.0
+        self.state: State = "running"
+        self.context = Context(run_id, workflow.name, self)
+
+    # -- input -------------------------------------------------------------
+
+    def feed(self, records: Sequence[ev.Record]) -> None:
+        """Add records appended after those already known (ingested messages)."""
+        for record in records:
+            if isinstance(record, ev.MESSAGES):
+                self.seen.add(record.message_id)
+            elif isinstance(record, ev.Logged):
+                self._logged += 1
+        self._log.extend(records)
+
+    @property
+    def length(self) -> int:
+        """Number of log records this execution knows, its own new ones included."""
+        return len(self._log)
+
+    # -- the drive loop ----------------------------------------------------
+
+    def advance(self, clock: Clock) -> Progress:
+        """Replay what the log holds, then run live until a save ran, the run blocks or ends."""
+        self._clock = clock
+        while self.state == "running":
+            if self._pending is None and not self._next_command():
+                break
+            assert self._pending is not None
+            resolution = self._resolve(self._pending)
+            if isinstance(resolution, _Outcome):
+                self._ready = resolution
+                self._pending = None
+                if self._ran_step:
+                    self._ran_step = False
+                    return self._progress("running")
+                continue
+            if isinstance(resolution, _Again):
+                return self._progress("running")
+            return self._progress("waiting", resolution.due_at, resolution.waiting_for)
+        return self._progress(self.state)
+
+    def _progress(self, state: State, due_at: float | None = None, waiting_for: str = "") -> Progress:
+        records, self._new = self._new, []
+        return Progress(records, state, due_at, waiting_for)
+
+    def _next_command(self) -> bool:
+        """Step the generator to its next command; False once the run has ended."""
+        command = self._step_generator()
+        while command is not _ENDED and not isinstance(command, Command):
+            self._ready = _Outcome(
+                error=TypeError(
+                    f"workflow {self.workflow.name!r} yielded {command!r}; yield a command "
+                    "made by the context, as in `yield c.save(f)`"
+                )
+            )
+            command = self._step_generator()
+        if not isinstance(command, Command):
+            return False
+        self._pending = _Pending(self._next_step, command)
+        self._next_step += 1
+        return True
+
+    def _step_generator(self) -> Any:
+        """Send the ready outcome in and return what is yielded; ``_ENDED`` once the run ended."""
+        try:
+            if self._gen is None:
+                self._gen = self._start()
+                return next(self._gen)
+            if self._ready.error is not None:
+                return self._gen.throw(self._ready.error)
+            return self._gen.send(self._ready.value)
+        except StopIteration as stop:
+            self._finish(ev.RunCompleted, stop.value)
+        except RunCancelled as e:
+            self._finish(ev.RunCancelled, e)
+        except Exception as e:
+            self._finish(ev.RunFailed, e)
+        return _ENDED
+
+    def _start(self) -> Generator[Any, Any, Any]:
+        started = self._log[0] if self._log else None
+        if not isinstance(started, ev.RunStarted):
+            raise CorruptRecord(f"run {self.run_id!r}: the log does not begin with RunStarted")
+        call = self._codec.decode(started.args)
+        return self.workflow.fn(self.context, *call["args"], **call["kwargs"])
+
+    # -- resolving one command ----------------------------------------------
+
+    def _resolve(self, p: _Pending) -> Resolution:
+        """Resolve ``p`` from the log if it holds the result, else live."""
+        while self._pos < len(self._log):
+            record = self._log[self._pos]
+            self._pos += 1
+            if isinstance(record, ev.MESSAGES):
+                error = self._deliver(record)
+                if error is not None:
+                    self._pending = None
+                    return _Outcome(error=error)
+                continue
+            if isinstance(record, ev.Logged):
+                continue
+            if isinstance(record, ev.TERMINAL):
+                self._pos -= 1
+                raise self._diverged(
+                    p.step, "the run's end", f"yielded {p.command.describe()}", "The code goes on where it used to end."
+                )
+            self._check(p, record)
+            if record.final:
+                return self._from_log(p.command, record)
+            if isinstance(record, ev.StepAttempt):
+                p.attempts, p.next_at = record.attempt, record.next_at
+            elif isinstance(record, ev.TimerSet):
+                p.fire_at = record.fire_at
+        if self._cancel is not None:
+            reason, self._cancel = self._cancel, None
+            self._record(p, ev.StepCancelled, reason=reason)
+            return _Outcome(error=RunCancelled(reason))
+        return _LIVE[type(p.command)](self, p)
+
+    def _check(self, p: _Pending, record: ev.Record) -> None:
+        held = f"{record.command} {record.fingerprint!r} at step {record.step}"
+        if record.step != p.step or record.command != p.command.kind:
+            raise self._diverged(p.step, held, f"yielded {p.command.describe()}", "The commands changed kind or order.")
+        if record.fingerprint != p.command.fingerprint:
+            raise self._diverged(
+                p.step, held, f"yielded {p.command.describe()}", "The step's function, event name or key changed."
+            )
+
+    def _diverged(self, step: int, held: str, yielded: str, cause: str) -> NonDeterminismError:
+        return NonDeterminismError(self.run_id, step, held, yielded, cause)
+
+    def _from_log(self, command: Command, record: ev.Record) -> _Outcome:
+        if isinstance(record, ev.StepCompleted):
+            return _Outcome(command.convert(self._codec.decode(record.value)))
+        if isinstance(record, ev.StepFailed):
+            return _Outcome(error=_step_failed(record))
+        if isinstance(record, ev.StepCancelled):
+            self._cancel = None
+            return _Outcome(error=RunCancelled(record.reason))
+        if isinstance(record, ev.TimerFired):
+            return _Outcome(error=None if isinstance(command, Sleep) else self._timeout(command))
+        assert isinstance(record, ev.EventConsumed) and isinstance(command, Receive)
+        return _Outcome(self._consume(command.name, record.message_id))
+
+    @staticmethod
+    def _timeout(command: Command) -> TimeoutError:
+        return TimeoutError(f"{command.describe()} timed out")
+
+    def _record(self, p: _Pending, cls: type[ev.Record], **fields: Any) -> None:
+        record = cls(step=p.step, at=self._clock(), command=p.command.kind, fingerprint=p.command.fingerprint, **fields)
+        self._append(record)
+
+    def _append(self, record: ev.Record) -> None:
+        self._log.append(record)
+        self._pos = len(self._log)
+        self._new.append(record)
+
+    def _encode(self, value: Any, where: str) -> bytes:
+        return encode_at(self._codec, value, self.run_id, where)
+
+    # -- live handlers, one per command kind -------------------------------
+
+    def _live_save(self, p: _Pending) -> Resolution:
+        assert isinstance(p.command, Save)
+        cmd = p.command
+        if any(not isinstance(r, ev.Logged) for r in self._new):
+            return AGAIN  # the step must only see values that are already recorded
+        if p.next_at is not None and self._clock() < p.next_at:
+            return _Blocked(p.next_at, f"retry of step {p.step} ({cmd.fingerprint})")
+        attempt = p.attempts + 1
+        try:
+            value = _call(cmd.fn, cmd.timeout)
+            data = self._encode(value, f"result of step {p.step} ({cmd.fingerprint})")
+        except Exception as e:
+            if not isinstance(e, CodecError) and cmd.retry.retries(e, attempt):
+                p.attempts, p.next_at = attempt, self._clock() + cmd.retry.delay(attempt)
+                self._record(p, ev.StepAttempt, attempt=attempt, error=failure_of(e), next_at=p.next_at)
+                return AGAIN
+            self._ran_step = True
+            self._record(p, ev.StepFailed, error=failure_of(e), attempts=attempt)
+            return _Outcome(error=StepFailed(*_failure_fields(e), attempt))
+        self._ran_step = True
+        self._record(p, ev.StepCompleted, value=data, compensable=cmd.compensate_with is not None)
+        return _Outcome(self._codec.decode(data))
+
+    def _live_timer(self, p: _Pending, timeout: float | None, waiting_for: str) -> _Outcome | _Blocked:
+        """The deadline part of sleep, receive and ensure."""
+        if timeout is None:
+            return _Blocked(None, waiting_for)
+        if p.fire_at is None:
+            p.fire_at = self._clock() + timeout
+            self._record(p, ev.TimerSet, fire_at=p.fire_at)
+        if self._clock() < p.fire_at:
+            return _Blocked(p.fire_at, waiting_for)
+        self._record(p, ev.TimerFired)
+        return _Outcome(error=None if isinstance(p.command, Sleep) else self._timeout(p.command))
+
+    def _live_sleep(self, p: _Pending) -> Resolution:
+        assert isinstance(p.command, Sleep)
+        return self._live_timer(p, p.command.seconds, "sleep")
+
+    def _live_receive(self, p: _Pending) -> Resolution:
+        assert isinstance(p.command, Receive)
+        inbox = self._inboxes.get(p.command.name)
+        if inbox is not None and inbox.unconsumed:
+            message_id = inbox.unconsumed[0].id
+            self._record(p, ev.EventConsumed, message_id=message_id)
+            return _Outcome(self._consume(p.command.name, message_id))
+        return self._live_timer(p, p.command.timeout, f"receive {p.command.name!r}")
+
+    def _live_ensure(self, p: _Pending) -> Resolution:
+        assert isinstance(p.command, Ensure)
+        try:
+            satisfied = bool(p.command.predicate())
+        except Exception as e:
+            self._record(p, ev.StepFailed, error=failure_of(e), attempts=1)
+            return _Outcome(error=StepFailed(*_failure_fields(e)))
+        if satisfied:
+            self._record(p, ev.StepCompleted, value=self._encode(True, f"step {p.step}"))
+            return _Outcome(True)
+        return self._live_timer(p, p.command.timeout, f"ensure {p.command.fingerprint}")
+
+    def _live_value(self, p: _Pending) -> Resolution:
+        value = _MAKE_VALUE[type(p.command)](self._clock)
+        self._record(p, ev.StepCompleted, value=self._encode(value, f"step {p.step}"))
+        return _Outcome(p.command.convert(value))
+
+    # -- events --------------------------------------------------------------
+
+    def _deliver(self, record: ev.Record) -> BaseException | None:
+        """Hand an ingested message to its queue and handlers; a handler's error is returned."""
+        if isinstance(record, ev.CancelRequested):
+            self._cancel = record.reason
+        elif isinstance(record, ev.EventReceived):
+            inbox = self._inboxes.setdefault(record.name, _Inbox())
+            message = _Message(record.message_id, record.payload)
+            inbox.delivered.append(message)
+            inbox.unconsumed.append(message)
+            try:
+                for handler in inbox.handlers:
+                    handler(self._codec.decode(message.payload))
+            except Exception as e:
+                return e
+        return None
+
+    def _consume(self, name: str, message_id: str) -> Any:
+        inbox = self._inboxes.get(name)
+        for message in inbox.unconsumed if inbox else ():
+            if message.id == message_id:
+                assert inbox is not None
+                inbox.unconsumed.remove(message)
+                return self._codec.decode(message.payload)
+        raise CorruptRecord(f"run {self.run_id!r}: event {message_id!r} is consumed but was never delivered")
+
+    # -- Runtime (called by the Context, inside the generator) --------------
+
+    def register_handler(self, name: str, callback: Callable[..., Any]) -> None:
+        if self._closing:
+            return
+        handler = _adapt(callback)
+        inbox = self._inboxes.setdefault(name, _Inbox())
+        for message in inbox.delivered:
+            handler(self._codec.decode(message.payload))
+        inbox.handlers.append(handler)
+
+    def emit_log(self, level: int, message: str) -> None:
+        seq = self._log_calls
+        self._log_calls += 1
+        if self._closing or seq < self._logged:
+            return  # emitted by the turn that recorded it
+        self._logged += 1
+        self._append(ev.Logged(at=self._clock(), seq=seq, level=level, message=message))
+
+    # -- the end -----------------------------------------------------------
+
+    def _finish(self, kind: type[ev.Record], outcome: Any) -> None:
+        """The generator ended: take the log's end, or record one."""
+        while self._pos < len(self._log):
+            record = self._log[self._pos]
+            if isinstance(record, ev.TERMINAL):
+                self.state = TERMINAL_STATE[type(record)]
+                return
+            if isinstance(record, ev.STEP_RECORDS):
+                ended = "returned" if kind is ev.RunCompleted else "raised"
+                raise self._diverged(
+                    record.step,
+                    f"{record.command} {record.fingerprint!r} at step {record.step}",
+                    f"{ended} instead",
+                    "A command was removed.",
+                )
+            self._pos += 1
+        if kind is ev.RunCompleted:
+            try:
+                self._append(ev.RunCompleted(at=self._clock(), value=self._encode(outcome, "the return value")))
+            except CodecError as e:
+                self._append(ev.RunFailed(at=self._clock(), error=failure_of(e)))
+                self.state = "failed"
+                return
+        elif kind is ev.RunCancelled:
+            self._append(ev.RunCancelled(at=self._clock(), reason=outcome.reason))
+        else:
+            self._append(ev.RunFailed(at=self._clock(), error=failure_of(outcome)))
+        self.state = TERMINAL_STATE[kind]
+
+    def close(self) -> None:
+        """Drop the suspended generator without running its workflow's cleanup for real."""
+        self._closing = True
+        if self._gen is not None:
+            with contextlib.suppress(Exception):  # a `finally` that yields: nothing to do about it
+                self._gen.close()
+            self._gen = None
+
+
+def _failure_fields(error: BaseException) -> tuple[str, str, str]:
+    f = failure_of(error)
+    return f.type, f.message, f.traceback
+
+
+_MAKE_VALUE: dict[type[Command], Callable[[Clock], Any]] = {
+    Now: lambda clock: clock(),
+    Random: lambda _clock: random.random(),
+    Uuid4: lambda _clock: uuid.uuid4().hex,
+}
+
+_LIVE: dict[type[Command], Callable[[Execution, _Pending], Resolution]] = {
+    Save: Execution._live_save,
+    Sleep: Execution._live_sleep,
+    Receive: Execution._live_receive,
+    Ensure: Execution._live_ensure,
+    Now: Execution._live_value,
+    Random: Execution._live_value,
+    Uuid4: Execution._live_value,
+}

@@ -1,0 +1,1 @@
+"""Generated protobuf modules; only :mod:`substantial.events` imports them."""

@@ -1,0 +1,399 @@
+"""The Worker: a poller thread that takes due runs and a pool that runs their turns."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from types import TracebackType
+
+from substantial import defaults
+from substantial import events as ev
+from substantial.backends.base import Backend, Message
+from substantial.codec import Codec
+from substantial.errors import Conflict, CorruptRecord
+from substantial.replay import Execution, Progress
+from substantial.runs import RunStatus, Summary
+from substantial.workflow import Registry
+
+log = logging.getLogger("substantial.worker")
+workflow_log = logging.getLogger("substantial.workflow")
+
+_STATUS = {
+    "running": RunStatus.RUNNING,
+    "waiting": RunStatus.WAITING,
+    "completed": RunStatus.COMPLETED,
+    "failed": RunStatus.FAILED,
+    "cancelled": RunStatus.CANCELLED,
+}
+
+
+class _Abandoned(Exception):
+    """The worker is stopping past its timeout: end the turn between steps."""
+
+
+class StickyCache:
+    """Suspended executions by run id, with the log version each has consumed (LRU)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[Execution, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def take(self, run_id: str) -> tuple[Execution, int] | None:
+        with self._lock:
+            return self._items.pop(run_id, None)
+
+    def put(self, run_id: str, execution: Execution, version: int) -> None:
+        if self.size <= 0:
+            execution.close()
+            return
+        with self._lock:
+            self._items[run_id] = (execution, version)
+            evicted = self._items.popitem(last=False)[1][0] if len(self._items) > self.size else None
+        if evicted is not None:
+            evicted.close()
+
+    def clear(self) -> None:
+        with self._lock:
+            items, self._items = list(self._items.values()), OrderedDict()
+        for execution, _ in items:
+            execution.close()
+
+
+class Worker:
+    """Serves runs of some queues from a backend until stopped.
+
+    Made by ``Conductor.run``. Several workers, in one process or many, can
+    share a backend: leases keep them off each other's runs and the
+    conditional append keeps every result recorded once.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        registry: Registry,
+        codec: Codec,
+        *,
+        queues: Iterable[str],
+        threads: int = defaults.THREADS,
+        lease_ttl: float = defaults.LEASE_TTL,
+        cache_size: int = defaults.CACHE_SIZE,
+        poll_interval: float = defaults.POLL_INTERVAL,
+        on_turn: Callable[[], None] = lambda: None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        self.backend = backend
+        self.queues = sorted(set(queues))
+        self.threads = threads
+        self.lease_ttl = lease_ttl
+        self.poll_interval = poll_interval
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._registry = registry
+        self._codec = codec
+        self._on_turn = on_turn
+        self._cache = StickyCache(cache_size)
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="substantial-turn")
+        self._in_flight: dict[str, Future[None]] = {}
+        self._lock = threading.Lock()
+        self._timers: list[float] = []
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._abandon = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._poll_loop, name="substantial-poller", daemon=True),
+            threading.Thread(target=self._renew_loop, name="substantial-leases", daemon=True),
+        ]
+        if backend.wakes_across_processes:
+            self._threads.append(threading.Thread(target=self._listen_loop, name="substantial-listen", daemon=True))
+
+    # -- life cycle -----------------------------------------------------------
+
+    def start(self) -> Worker:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def wake(self) -> None:
+        """Look for due runs now (a start or send was just posted)."""
+        self._wake.set()
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop taking runs and wait up to ``timeout`` for turns in progress.
+
+        Turns still running then are abandoned at their next step boundary;
+        their runs stay due, so another worker (or a restart) resumes them.
+        Returns True if every turn finished.
+        """
+        self._stopping.set()
+        self._wake.set()
+        for thread in self._threads:
+            thread.join()
+        with self._lock:
+            futures = list(self._in_flight.values())
+        _, not_done = wait(futures, timeout)
+        if not_done:
+            self._abandon.set()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._cache.clear()
+        return not not_done
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    # -- the poller --------------------------------------------------------
+
+    def _poll_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                took = self._take_due()
+            except Exception:
+                log.exception("polling the due index failed; retrying")
+                took = False
+            if not took:
+                self._wake.wait(self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        now = time.time()
+        with self._lock:
+            while self._timers and self._timers[0] <= now:
+                heapq.heappop(self._timers)
+            soonest = self._timers[0] - now if self._timers else self.poll_interval
+        return max(0.0, min(self.poll_interval, soonest))
+
+    def _take_due(self) -> bool:
+        took = False
+        for queue in self.queues:
+            with self._lock:
+                busy = set(self._in_flight)
+            free = self.threads - len(busy)
+            if free <= 0:
+                return took
+            for run_id in self.backend.due(queue, time.time(), free + len(busy)):
+                if run_id in busy or free <= 0:
+                    continue
+                if not self.backend.acquire_lease(run_id, self.owner, self.lease_ttl):
+                    continue
+                with self._lock:
+                    self._in_flight[run_id] = self._pool.submit(self._turn, queue, run_id)
+                free -= 1
+                took = True
+        return took
+
+    def _listen_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                if self.backend.wait_for_work(self.queues[0], self.poll_interval):
+                    self._wake.set()
+            except Exception:
+                log.exception("waiting for work failed; retrying")
+                self._stopping.wait(self.poll_interval)
+
+    def _renew_loop(self) -> None:
+        while not self._stopping.wait(self.lease_ttl / 3):
+            with self._lock:
+                runs = list(self._in_flight)
+            for run_id in runs:
+                try:
+                    if not self.backend.renew_lease(run_id, self.owner, self.lease_ttl):
+                        log.warning("lost the lease of run %s; its next append decides", run_id)
+                except Exception:
+                    log.exception("renewing the lease of run %s failed", run_id)
+
+    # -- one turn ------------------------------------------------------------
+
+    def _turn(self, queue: str, run_id: str) -> None:
+        try:
+            _Turn(self, queue, run_id).run()
+        except (Conflict, _Abandoned):
+            pass  # the due entry is still there: the run gets another turn
+        except Exception as e:
+            self._turn_failed(queue, run_id, e)
+        finally:
+            try:
+                self.backend.release_lease(run_id, self.owner)
+            except Exception:
+                log.exception("releasing the lease of run %s failed", run_id)
+            with self._lock:
+                self._in_flight.pop(run_id, None)
+            self._wake.set()
+            self._on_turn()
+
+    def _turn_failed(self, queue: str, run_id: str, error: Exception) -> None:
+        """A turn that cannot run (non-determinism, unknown workflow, bad record): back off."""
+        try:
+            raw = self.backend.read_info(run_id)
+            summary = Summary.from_bytes(raw) if raw else None
+            failures = summary.turn_failures + 1 if summary else 1
+            delay = min(defaults.TURN_RETRY_INITIAL * 2 ** (failures - 1), defaults.TURN_RETRY_MAX)
+            log.error("run %s: turn failed, retrying in %.1fs: %s", run_id, delay, error, exc_info=error)
+            if summary is not None:
+                self.backend.write_info(
+                    run_id,
+                    summary.but(last_error=f"{type(error).__name__}: {error}", turn_failures=failures).to_bytes(),
+                )
+            self.backend.schedule(queue, run_id, time.time() + delay)
+        except Exception:
+            log.exception("run %s: recording a failed turn failed", run_id)
+
+    def note_due(self, due_at: float) -> None:
+        with self._lock:
+            heapq.heappush(self._timers, due_at)
+
+
+class _Turn:
+    """Load a run (or take it from the cache), ingest its inbox, advance it, park it."""
+
+    def __init__(self, worker: Worker, queue: str, run_id: str) -> None:
+        self.w = worker
+        self.backend = worker.backend
+        self.queue = queue
+        self.run_id = run_id
+        self.version = 0
+
+    def run(self) -> None:
+        messages = self.backend.take_inbox(self.run_id)
+        execution = self._load()
+        if execution is None:
+            execution = self._begin(messages)
+            if execution is None:
+                return
+        elif execution.state != "running":
+            self._tidy_finished(execution, messages)
+            return
+        try:
+            self._ingest(execution, messages)
+            self._set_summary(RunStatus.RUNNING)
+            progress = self._advance(execution)
+        except BaseException:
+            execution.close()
+            raise
+        self._park(execution, progress)
+
+    def _load(self) -> Execution | None:
+        """The run's execution, from the cache if the log has not moved; None if no log yet."""
+        cached = self.w._cache.take(self.run_id)
+        if cached is not None:
+            execution, self.version = cached
+            newer, _ = self.backend.read_log(self.run_id, after=self.version)
+            if not newer:
+                return execution
+            execution.close()  # another worker wrote: replay from the log
+        raw, self.version = self.backend.read_log(self.run_id)
+        if not raw:
+            return None
+        records = [ev.decode(r) for r in raw]
+        started = records[0]
+        if not isinstance(started, ev.RunStarted):
+            raise CorruptRecord(f"run {self.run_id!r}: the log does not begin with RunStarted")
+        execution = Execution(self.run_id, self.w._registry.get(started.workflow), self.w._codec, records)
+        if isinstance(records[-1], ev.TERMINAL):
+            execution.state = "completed"  # finished: nothing to run, only to tidy
+        return execution
+
+    def _begin(self, messages: list[Message]) -> Execution | None:
+        """A run with no log: start it from its start message, or wait for one."""
+        records = self._messages(messages, set())
+        if not records or not isinstance(records[0], ev.RunStarted):
+            self.backend.unschedule(self.queue, self.run_id)  # sends made before the start wait for it
+            again = self._messages(self.backend.take_inbox(self.run_id), set())
+            if again and isinstance(again[0], ev.RunStarted):
+                self.backend.schedule(self.queue, self.run_id, time.time())  # the start just came
+            return None
+        workflow = self.w._registry.get(records[0].workflow)
+        return Execution(self.run_id, workflow, self.w._codec, [])
+
+    def _messages(self, messages: list[Message], seen: set[str]) -> list[ev.Record]:
+        """The new messages as log records, the start first."""
+        records: list[ev.Record] = []
+        for message in messages:
+            if message.id in seen:
+                continue
+            try:
+                records.append(ev.decode_message(message.body, time.time()))
+            except CorruptRecord:
+                log.error("run %s: dropping unreadable message %s", self.run_id, message.id)
+        records.sort(key=lambda r: not isinstance(r, ev.RunStarted))
+        return records
+
+    def _ingest(self, execution: Execution, messages: list[Message]) -> None:
+        """Append new messages to the log, then acknowledge them (never the other way round)."""
+        records = self._messages(messages, execution.seen)
+        if records:
+            self.version = self.backend.append_log(self.run_id, [ev.encode(r) for r in records], self.version)
+            execution.feed(records)
+        if messages:
+            self.backend.ack(self.run_id, [m.id for m in messages])
+
+    def _tidy_finished(self, execution: Execution, messages: list[Message]) -> None:
+        execution.close()
+        self.backend.unschedule(self.queue, self.run_id)
+        if messages:
+            log.info("run %s has finished: dropping %d message(s) sent to it", self.run_id, len(messages))
+            self.backend.ack(self.run_id, [m.id for m in messages])
+
+    def _advance(self, execution: Execution) -> Progress:
+        while True:
+            if self.w._abandon.is_set():
+                raise _Abandoned
+            progress = execution.advance(time.time)
+            if progress.records:
+                encoded = [ev.encode(r) for r in progress.records]
+                self.version = self.backend.append_log(self.run_id, encoded, self.version)
+                self._emit_logs(execution, progress.records)
+            if progress.state != "running":
+                return progress
+
+    def _emit_logs(self, execution: Execution, records: list[ev.Record]) -> None:
+        for record in records:
+            if isinstance(record, ev.Logged):
+                workflow_log.log(
+                    record.level,
+                    "%s [%s] %s",
+                    execution.workflow.name,
+                    self.run_id,
+                    record.message,
+                    extra={"run_id": self.run_id, "workflow": execution.workflow.name},
+                )
+
+    def _park(self, execution: Execution, progress: Progress) -> None:
+        """End the turn: move the due entry, re-check the inbox, record the status."""
+        now = time.time()
+        if progress.state == "waiting" and progress.due_at is not None:
+            self.backend.schedule(self.queue, self.run_id, progress.due_at)
+            self.w.note_due(progress.due_at)
+        else:
+            self.backend.unschedule(self.queue, self.run_id)
+        if progress.state == "waiting":
+            if self.backend.take_inbox(self.run_id):
+                self.backend.schedule(self.queue, self.run_id, now)
+            self.w._cache.put(self.run_id, execution, self.version)
+        else:
+            execution.close()
+        self._set_summary(
+            _STATUS[progress.state],
+            waiting_for=progress.waiting_for,
+            due_at=progress.due_at,
+            last_error="",
+            turn_failures=0,
+        )
+
+    def _set_summary(self, status: RunStatus, **changes: object) -> None:
+        raw = self.backend.read_info(self.run_id)
+        if raw is not None:
+            summary = Summary.from_bytes(raw).but(status=status, updated_at=time.time(), **changes)
+            self.backend.write_info(self.run_id, summary.to_bytes())
