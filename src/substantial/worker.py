@@ -217,12 +217,13 @@ class Worker:
     # -- one turn ------------------------------------------------------------
 
     def _turn(self, queue: str, run_id: str) -> None:
+        turn = _Turn(self, queue, run_id)
         try:
-            _Turn(self, queue, run_id).run()
+            turn.run()
         except (Conflict, _Abandoned):
             pass  # the due entry is still there: the run gets another turn
         except Exception as e:
-            self._turn_failed(queue, run_id, e)
+            self._turn_failed(turn, e)
         finally:
             try:
                 self.backend.release_lease(run_id, self.owner)
@@ -233,8 +234,13 @@ class Worker:
             self._wake.set()
             self._on_turn()
 
-    def _turn_failed(self, queue: str, run_id: str, error: Exception) -> None:
-        """A turn that cannot run (non-determinism, unknown workflow, bad record): back off."""
+    def _turn_failed(self, turn: _Turn, error: Exception) -> None:
+        """A turn that cannot run (non-determinism, unknown workflow, bad record): back off.
+
+        The run's status stays what it was before the turn; the error is kept
+        in its summary for ``info()`` and logged.
+        """
+        run_id = turn.run_id
         try:
             raw = self.backend.read_info(run_id)
             summary = Summary.from_bytes(raw) if raw else None
@@ -242,11 +248,13 @@ class Worker:
             delay = min(defaults.TURN_RETRY_INITIAL * 2 ** (failures - 1), defaults.TURN_RETRY_MAX)
             log.error("run %s: turn failed, retrying in %.1fs: %s", run_id, delay, error, exc_info=error)
             if summary is not None:
-                self.backend.write_info(
-                    run_id,
-                    summary.but(last_error=f"{type(error).__name__}: {error}", turn_failures=failures).to_bytes(),
+                summary = summary.but(
+                    status=turn.status_before or summary.status,
+                    last_error=f"{type(error).__name__}: {error}",
+                    turn_failures=failures,
                 )
-            self.backend.schedule(queue, run_id, time.time() + delay)
+                self.backend.write_info(run_id, summary.to_bytes())
+            self.backend.schedule(turn.queue, run_id, time.time() + delay)
         except Exception:
             log.exception("run %s: recording a failed turn failed", run_id)
 
@@ -264,6 +272,7 @@ class _Turn:
         self.queue = queue
         self.run_id = run_id
         self.version = 0
+        self.status_before: RunStatus | None = None
 
     def run(self) -> None:
         messages = self.backend.take_inbox(self.run_id)
@@ -395,5 +404,8 @@ class _Turn:
     def _set_summary(self, status: RunStatus, **changes: object) -> None:
         raw = self.backend.read_info(self.run_id)
         if raw is not None:
-            summary = Summary.from_bytes(raw).but(status=status, updated_at=time.time(), **changes)
+            summary = Summary.from_bytes(raw)
+            if self.status_before is None:
+                self.status_before = summary.status
+            summary = summary.but(status=status, updated_at=time.time(), **changes)
             self.backend.write_info(self.run_id, summary.to_bytes())
