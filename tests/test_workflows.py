@@ -190,8 +190,8 @@ def test_recorded_values_are_the_same_on_every_replay(conductor: Conductor, run_
     run = conductor.start(wf)
     run.send("go")
     u, r, t = run.result(timeout=10)
-    assert used == [(uuid.UUID(u), r, pytest.approx(used[0][2]))]
-    assert used[0][2].timestamp() == t
+    [(used_u, used_r, used_t)] = used
+    assert (used_u, used_r, used_t.timestamp()) == (uuid.UUID(u), r, t)
 
 
 def test_log_records_are_emitted_once(conductor: Conductor, run_worker: Any, caplog: pytest.LogCaptureFixture) -> None:
