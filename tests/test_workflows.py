@@ -289,3 +289,22 @@ def test_many_runs_on_two_workers_each_step_once(conductor: Conductor, run_worke
     runs = [conductor.start(wf, i) for i in range(100)]
     assert [r.result(timeout=30) for r in runs] == [2 * i for i in range(100)]
     assert set(effects.values()) == {1}
+
+
+def test_the_sticky_cache_continues_the_live_generator(
+    conductor: Conductor, run_worker: Any, cache_size: int
+) -> None:
+    entered: list[int] = []
+
+    @workflow()
+    def wf(c: Context) -> Any:
+        entered.append(1)
+        for _ in range(5):
+            yield c.sleep(0.01)
+        return None
+
+    conductor.register(wf)
+    run_worker()
+    conductor.start(wf).result(timeout=10)
+    # one generator with the cache; without it, one replay from the start per turn
+    assert len(entered) == (1 if cache_size else 6)
