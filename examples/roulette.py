@@ -46,7 +46,7 @@ class State:
 
 
 @workflow()
-def example(c: Context):  # type: ignore[no-untyped-def]
+def example(c: Context):
     res = yield c.save(roulette, retry=Retry(max_attempts=5, initial=0.1, backoff=2.0))
 
     yield c.sleep(timedelta(seconds=1))
@@ -56,7 +56,7 @@ def example(c: Context):  # type: ignore[no-untyped-def]
     res = yield c.save(lambda: multiply(res, n))
 
     s = State()
-    c.handle("cancel", lambda: s.update())  # a callback that takes no argument
+    c.handle("cancel", s.update)  # a callback that takes no argument
 
     yield c.ensure(lambda: s.cancelled)
     return res

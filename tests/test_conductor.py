@@ -239,3 +239,40 @@ def test_non_determinism_leaves_the_run_intact_until_the_code_is_fixed(
     with fixed.run(threads=1, poll_interval=0.05):
         assert fixed.get("o-1").result(timeout=10) is True
     assert run.info().last_error == ""
+
+
+def test_a_step_raising_system_exit_backs_off_instead_of_spinning(conductor: Conductor, run_worker: Any) -> None:
+    @workflow()
+    def exits(c: Context) -> Any:
+        yield c.save(lambda: counter.append("exit") or exit(3))
+
+    conductor.register(exits)
+    run_worker()
+    run = conductor.start(exits)
+    while not run.info().last_error:
+        time.sleep(0.01)
+    time.sleep(0.5)  # the retry waits a second: in the meantime the step does not run again
+    assert counter == ["exit"]
+    assert "SystemExit" in run.info().last_error
+
+
+def test_starting_an_existing_id_with_another_workflow_returns_the_existing_run(conductor: Conductor) -> None:
+    @workflow(queue="other")
+    def elsewhere(c: Context) -> Any:
+        yield c.now()
+
+    conductor.register(echo, elsewhere)
+    conductor.start(echo, 1, run_id="taken")
+    handle = conductor.start(elsewhere, run_id="taken")
+    assert handle._queue == "default"
+    assert conductor.get("taken").info().workflow == echo.name
+
+
+def test_history_shows_the_reason_of_a_cancel(conductor: Conductor, run_worker: Any) -> None:
+    conductor.register(waits)
+    run_worker()
+    run = conductor.start(waits)
+    run.cancel("changed my mind")
+    with pytest.raises(Exception, match="changed my mind"):
+        run.result(timeout=10)
+    assert [e.value for e in run.history() if e.kind == "cancel_requested"] == ["changed my mind"]

@@ -291,9 +291,7 @@ def test_many_runs_on_two_workers_each_step_once(conductor: Conductor, run_worke
     assert set(effects.values()) == {1}
 
 
-def test_the_sticky_cache_continues_the_live_generator(
-    conductor: Conductor, run_worker: Any, cache_size: int
-) -> None:
+def test_the_sticky_cache_continues_the_live_generator(conductor: Conductor, run_worker: Any, cache_size: int) -> None:
     entered: list[int] = []
 
     @workflow()

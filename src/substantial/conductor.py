@@ -53,10 +53,14 @@ class Conductor:
         workflow = self.registry.resolve(wf)
         run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
         call = encode_at(self.codec, {"args": list(args), "kwargs": kwargs}, run_id, "the workflow's arguments")
-        if self.backend.read_info(run_id) is None:
+        raw = self.backend.read_info(run_id)
+        if raw is not None and Summary.from_bytes(raw).workflow != workflow.name:
+            return RunHandle(self, run_id, Summary.from_bytes(raw).queue)  # another workflow's run
+        if raw is None:
             now = time.time()
             summary = Summary(workflow.name, workflow.queue, RunStatus.PENDING, now, now)
             self.backend.write_info(run_id, summary.to_bytes())
+        # posted even when the run exists: a start that died before posting is completed
         started = ev.RunStarted(message_id=START_ID, workflow=workflow.name, queue=workflow.queue, args=call)
         self._post(workflow.queue, run_id, START_ID, started)
         return RunHandle(self, run_id, workflow.queue)
@@ -157,7 +161,7 @@ def _history_value(record: ev.Record, codec: Codec) -> Any:
     for attribute in ("value", "args", "payload"):
         if isinstance(getattr(record, attribute, None), bytes):
             return codec.decode(getattr(record, attribute))
-    for attribute in ("error", "fire_at", "next_at", "message_id", "reason", "message"):
+    for attribute in ("error", "reason", "fire_at", "next_at", "message", "message_id"):
         if hasattr(record, attribute):
             return getattr(record, attribute)
     return None

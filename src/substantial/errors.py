@@ -36,8 +36,8 @@ class NonDeterminismError(SubstantialError):
         self.yielded = yielded
         super().__init__(
             f"run {run_id!r}, step {step}: the log holds {recorded} but the code "
-            f"{yielded}. {cause} Restore the previous code for runs already past "
-            "this point, or guard the change with c.patched()."
+            f"{yielded}. {cause} Deploy the previous code until runs already past "
+            "this point have finished; the run resumes once the code matches its log."
         )
 
 

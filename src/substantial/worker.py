@@ -222,7 +222,7 @@ class Worker:
             turn.run()
         except (Conflict, _Abandoned):
             pass  # the due entry is still there: the run gets another turn
-        except Exception as e:
+        except BaseException as e:  # SystemExit from a step too: back off, never spin
             self._turn_failed(turn, e)
         finally:
             try:
@@ -234,7 +234,7 @@ class Worker:
             self._wake.set()
             self._on_turn()
 
-    def _turn_failed(self, turn: _Turn, error: Exception) -> None:
+    def _turn_failed(self, turn: _Turn, error: BaseException) -> None:
         """A turn that cannot run (non-determinism, unknown workflow, bad record): back off.
 
         The run's status stays what it was before the turn; the error is kept
