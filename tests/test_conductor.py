@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -244,7 +245,7 @@ def test_non_determinism_leaves_the_run_intact_until_the_code_is_fixed(
 def test_a_step_raising_system_exit_backs_off_instead_of_spinning(conductor: Conductor, run_worker: Any) -> None:
     @workflow()
     def exits(c: Context) -> Any:
-        yield c.save(lambda: counter.append("exit") or exit(3))
+        yield c.save(lambda: counter.append("exit") or sys.exit(3))
 
     conductor.register(exits)
     run_worker()
