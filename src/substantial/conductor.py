@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -11,6 +12,7 @@ from typing import Any
 
 from substantial import defaults
 from substantial import events as ev
+from substantial.backends import from_url
 from substantial.backends.base import Backend, Message, check_run_id
 from substantial.codec import Codec, JSONCodec, encode_at
 from substantial.errors import RunCancelled, RunFailed, RunNotFound
@@ -26,11 +28,15 @@ class Conductor:
     """Starts, finds and signals runs on one backend; ``run()`` starts a worker.
 
     Every process that starts runs registers the same workflows as the
-    workers, so that a typo fails at ``start``, not in a worker.
+    workers, so that a typo fails at ``start``, not in a worker. The backend
+    is a ``Backend``, a URL for ``from_url``, or by default ``$SUBSTANTIAL_URL``,
+    else ``file:.substantial`` in the working directory.
     """
 
-    def __init__(self, backend: Backend, *, codec: Codec | None = None) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend | str | None = None, *, codec: Codec | None = None) -> None:
+        if backend is None:
+            backend = os.environ.get("SUBSTANTIAL_URL") or defaults.URL
+        self.backend = from_url(backend) if isinstance(backend, str) else backend
         self.codec: Codec = codec or JSONCodec()
         self.registry = Registry()
         self._workers: list[Worker] = []

@@ -15,6 +15,8 @@ DUE_BATCH = 64
 #: Backoff of a turn that could not run (non-determinism, unknown workflow).
 TURN_RETRY_INITIAL = 1.0
 TURN_RETRY_MAX = 60.0
+#: Backend of a Conductor given none, when $SUBSTANTIAL_URL is not set.
+URL = "file:.substantial"
 #: Queue of workflows that name none.
 QUEUE = "default"
 #: Longest run id, in characters.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from substantial.backends import Backend, MemoryBackend
+from substantial.backends import Backend, FSBackend, MemoryBackend
 
 Factory = Callable[[], Backend]
 
@@ -17,7 +17,11 @@ def _memory(tmp_path: Path) -> Factory:
     return lambda: backend
 
 
-FACTORIES: dict[str, Callable[[Path], Factory]] = {"memory": _memory}
+def _files(tmp_path: Path) -> Factory:
+    return lambda: FSBackend(tmp_path / "store")  # each call: another client of the same folder
+
+
+FACTORIES: dict[str, Callable[[Path], Factory]] = {"memory": _memory, "files": _files}
 
 
 @pytest.fixture(params=sorted(FACTORIES))

@@ -1,0 +1,441 @@
+"""The local files backend: one folder per run, fsync'd appends under a file lock.
+
+Layout under the root (see docs/backends.md)::
+
+    runs/<name>/log            records, each framed with its length and CRCs
+    runs/<name>/lock           the run's file lock (log, lease, due pointer)
+    runs/<name>/inbox/<id>     one file per unacknowledged message
+    runs/<name>/info           the run's summary
+    runs/<name>/lease          owner and expiry of the lease
+    runs/<name>/due.<queue>    which due entry is the run's, on that queue
+    runs/<name>/id             the run id, when the name cannot spell it
+    queues/<queue>/<day>/<minute>/<due ms>-<name>   the due index
+    tmp/                       files being written, renamed into place
+
+Every file that must survive a crash is written to ``tmp/``, fsync'd and
+renamed into place, and its folder fsync'd; the log is appended in place and
+fsync'd. Several processes can share a root on one machine (or on a shared
+filesystem that honours POSIX locks and atomic rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from filelock import FileLock
+
+from substantial.backends.base import Backend, Message, check_run_id
+from substantial.errors import Conflict, CorruptRecord
+
+_HEADER = struct.Struct(">II")  # payload length, CRC32 of the payload
+_HEADER_CRC = struct.Struct(">I")  # CRC32 of the header above
+_FRAME = _HEADER.size + _HEADER_CRC.size
+_NAME_MAX = 200
+_STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body
+
+
+def run_dir_name(run_id: str) -> str:
+    """A folder name for a run id that no two ids share, even on case-insensitive filesystems.
+
+    Upper-case letters become ``+`` and the lower-case letter; a name that
+    would be too long becomes ``~`` and a hash (the id is then kept in ``id``).
+    """
+    name = "".join(f"+{ch.lower()}" if ch.isupper() else ch for ch in check_run_id(run_id))
+    if len(name) > _NAME_MAX:
+        return "~" + hashlib.sha256(run_id.encode()).hexdigest()
+    return name
+
+
+def _run_id_of(name: str) -> str:
+    out, upper = [], False
+    for ch in name:
+        if ch == "+":
+            upper = True
+            continue
+        out.append(ch.upper() if upper else ch)
+        upper = False
+    return "".join(out)
+
+
+def frame(record: bytes) -> bytes:
+    """One record as the log file stores it."""
+    header = _HEADER.pack(len(record), zlib.crc32(record))
+    return header + _HEADER_CRC.pack(zlib.crc32(header)) + record
+
+
+def parse(data: bytes, start: int, run_id: str) -> tuple[list[bytes], int]:
+    """The whole records from ``start``, and the offset after the last one.
+
+    A record cut short at the end of the data (a torn write) is left out; a
+    damaged record with data after it raises ``CorruptRecord``.
+    """
+    records, offset, end = [], start, len(data)
+    while offset < end:
+        if end - offset < _FRAME:
+            break  # torn header at the tail
+        header = data[offset : offset + _HEADER.size]
+        (crc,) = _HEADER_CRC.unpack_from(data, offset + _HEADER.size)
+        if zlib.crc32(header) != crc:
+            if not any(data[offset:]):
+                break  # zeros a crash left past the tail
+            raise CorruptRecord(f"run {run_id!r}: damaged record header at byte {offset} of its log")
+        length, payload_crc = _HEADER.unpack(header)
+        body_end = offset + _FRAME + length
+        if body_end > end:
+            break  # torn body at the tail
+        payload = data[offset + _FRAME : body_end]
+        if zlib.crc32(payload) != payload_crc:
+            if body_end == end:
+                break  # the last record was torn
+            raise CorruptRecord(f"run {run_id!r}: damaged record at byte {offset} of its log")
+        records.append(payload)
+        offset = body_end
+    return records, offset
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FSBackend(Backend):
+    """Runs stored as folders of files under ``root``."""
+
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+        self.root = Path(root).absolute()
+        self._fsync = fsync
+        self._runs = self.root / "runs"
+        self._queues = self.root / "queues"
+        self._tmp = self.root / "tmp"
+        for folder in (self._runs, self._queues, self._tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        self._guard = threading.Lock()
+        self._thread_locks: dict[str, threading.Lock] = {}
+        self._tails: dict[str, tuple[int, int, int]] = {}  # run -> (inode, version, offset)
+
+    # -- files -------------------------------------------------------------
+
+    def _dir(self, run_id: str) -> Path:
+        return self._runs / run_dir_name(run_id)
+
+    def _ensure_dir(self, run_id: str) -> Path:
+        path = self._dir(run_id)
+        if not path.is_dir():
+            path.mkdir(exist_ok=True)
+            (path / "inbox").mkdir(exist_ok=True)
+            if path.name.startswith("~"):
+                self._write(path / "id", run_id.encode())
+            self._sync_dir(self._runs)
+        return path
+
+    def _sync(self, fd: int) -> None:
+        if self._fsync:
+            os.fsync(fd)
+
+    def _sync_dir(self, path: Path) -> None:
+        if self._fsync:
+            _fsync_dir(path)
+
+    def _write(self, path: Path, data: bytes, *, durable: bool = True) -> None:
+        """Replace ``path`` atomically: write a temporary file, fsync it, rename it into place."""
+        tmp = self._tmp / uuid.uuid4().hex
+        with open(tmp, "wb") as f:
+            f.write(data)
+            if durable:
+                f.flush()
+                self._sync(f.fileno())
+        os.replace(tmp, path)
+        if durable:
+            self._sync_dir(path.parent)
+
+    @staticmethod
+    def _read(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def _locked(self, run_id: str) -> Iterator[Path]:
+        """Hold the run's lock: a thread lock within this process, the file lock across processes."""
+        path = self._ensure_dir(run_id)
+        with self._guard:
+            thread_lock = self._thread_locks.setdefault(run_id, threading.Lock())
+        file_lock = FileLock(path / "lock", thread_local=False)
+        with thread_lock:
+            file_lock.acquire(poll_interval=0.001)
+            try:
+                yield path
+            finally:
+                file_lock.release()
+
+    # -- the log -----------------------------------------------------------
+
+    def _scan(self, run_id: str, f: object, after: int) -> tuple[list[bytes], int, int]:
+        """Records from position ``after``, the version, and the offset of the end of the last whole one."""
+        assert hasattr(f, "fileno")
+        inode = os.fstat(f.fileno()).st_ino
+        known = self._tails.get(run_id)
+        start_version, start_offset = 0, 0
+        if known is not None and known[0] == inode and known[1] <= after:
+            start_version, start_offset = known[1], known[2]
+        f.seek(start_offset)  # type: ignore[attr-defined]
+        records, offset = parse(f.read(), 0, run_id)  # type: ignore[attr-defined]
+        offset += start_offset
+        version = start_version + len(records)
+        self._tails[run_id] = (inode, version, offset)
+        return records[max(after - start_version, 0) :], version, offset
+
+    def read_log(self, run_id: str, after: int = 0) -> tuple[list[bytes], int]:
+        try:
+            return self._read_log(run_id, after)
+        except CorruptRecord:
+            with self._locked(run_id):  # not a write in progress, then?
+                return self._read_log(run_id, after)
+
+    def _read_log(self, run_id: str, after: int) -> tuple[list[bytes], int]:
+        try:
+            with open(self._dir(run_id) / "log", "rb") as f:
+                records, version, _ = self._scan(run_id, f, after)
+        except FileNotFoundError:
+            return [], 0
+        return records, version
+
+    def append_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
+        with self._locked(run_id) as path:
+            log_path = path / "log"
+            created = not log_path.exists()
+            with open(log_path, "ab+") as f:
+                _, version, offset = self._scan(run_id, f, 2**62)
+                if version != expected_version:
+                    raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
+                if f.tell() != offset:
+                    f.truncate(offset)  # drop a torn tail before writing after it
+                f.write(b"".join(frame(r) for r in records))
+                f.flush()
+                self._sync(f.fileno())
+                end = f.tell()
+                inode = os.fstat(f.fileno()).st_ino
+            if created:
+                self._sync_dir(path)
+            self._tails[run_id] = (inode, version + len(records), end)
+            return version + len(records)
+
+    def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
+        with self._locked(run_id) as path:
+            _, version = self._read_log(run_id, after=2**62)
+            if version != expected_version:
+                raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
+            self._write(path / "log", b"".join(frame(r) for r in records))
+            self._tails.pop(run_id, None)
+            return len(records)
+
+    # -- the inbox -----------------------------------------------------------
+
+    def post(self, queue: str, run_id: str, message: Message) -> None:
+        check_run_id(message.id)
+        path = self._ensure_dir(run_id) / "inbox" / message.id
+        if not path.exists():
+            self._write(path, _STAMP.pack(time.time_ns()) + message.body)
+        self.schedule(queue, run_id, time.time())
+
+    def take_inbox(self, run_id: str) -> list[Message]:
+        inbox = self._dir(run_id) / "inbox"
+        try:
+            names = os.listdir(inbox)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            data = self._read(inbox / name)
+            if data is not None and len(data) >= _STAMP.size:
+                found.append((_STAMP.unpack_from(data)[0], name, data[_STAMP.size :]))
+        return [Message(name, body) for _, name, body in sorted(found)]
+
+    def ack(self, run_id: str, ids: Iterable[str]) -> None:
+        inbox = self._dir(run_id) / "inbox"
+        for message_id in ids:
+            check_run_id(message_id)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(inbox / message_id)
+
+    # -- the due index -----------------------------------------------------
+
+    def _queue_dir(self, queue: str) -> Path:
+        return self._queues / check_run_id(queue)
+
+    def _entry(self, queue: str, name: str, due_at: float) -> Path:
+        """Buckets of 256 days, of a day, of a minute: a poll lists at most a few thousand names."""
+        ms = max(int(due_at * 1000), 0)
+        day = ms // 86_400_000
+        return (
+            self._queue_dir(queue) / f"{day // 256:05d}" / f"{day:08d}" / f"{ms // 60_000:011d}" / f"{ms:015d}-{name}"
+        )
+
+    def _set_entry(self, queue: str, run_id: str, due_at: float | None) -> None:
+        """Point the run at a new due entry (or none), then remove the old one; the run's lock is held."""
+        path = self._dir(run_id)
+        pointer = path / f"due.{check_run_id(queue)}"
+        old = self._read(pointer)
+        if due_at is not None:
+            entry = self._entry(queue, path.name, due_at)
+            if old is not None and old.decode() == str(entry):
+                return
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            self._write(entry, run_id.encode())
+            self._write(pointer, str(entry).encode())
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pointer)
+        if old is not None:
+            self._remove_entry(Path(old.decode()))
+
+    def _remove_entry(self, entry: Path) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry)
+        for folder in (entry.parent, entry.parent.parent, entry.parent.parent.parent):
+            try:
+                folder.rmdir()  # empty buckets go, so polls list only live ones
+            except OSError:
+                break
+
+    def schedule(self, queue: str, run_id: str, due_at: float) -> None:
+        with self._locked(run_id):
+            self._set_entry(queue, run_id, due_at)
+
+    def unschedule(self, queue: str, run_id: str) -> None:
+        if not self._dir(run_id).is_dir():
+            return
+        with self._locked(run_id):
+            self._set_entry(queue, run_id, None)
+
+    def due(self, queue: str, now: float, limit: int) -> list[str]:
+        found: list[str] = []
+        last = self._entry(queue, "\uffff", now)
+        for days in self._buckets(self._queue_dir(queue), last.parents[2].name):
+            for day in self._buckets(days, last.parents[1].name):
+                for minute in self._buckets(day, last.parent.name):
+                    for entry in self._buckets(minute, last.name):
+                        run_id = self._live_entry(queue, entry)
+                        if run_id is not None:
+                            found.append(run_id)
+                            if len(found) >= limit:
+                                return found
+        return found
+
+    @staticmethod
+    def _buckets(folder: Path, upto: str) -> Iterator[Path]:
+        try:
+            names = sorted(n for n in os.listdir(folder) if n <= upto)
+        except FileNotFoundError:
+            return
+        for name in names:
+            yield folder / name
+
+    def _live_entry(self, queue: str, entry: Path) -> str | None:
+        """The run of a due entry, or None (and the entry removed) if its run moved on."""
+        raw = self._read(entry)
+        if raw is None:
+            return None
+        run_id = raw.decode()
+        pointer = self._read(self._dir(run_id) / f"due.{queue}")
+        if pointer is None or pointer.decode() != str(entry):
+            if self._is_stale(run_id, queue, entry):
+                self._remove_entry(entry)
+            return None
+        return run_id
+
+    def _is_stale(self, run_id: str, queue: str, entry: Path) -> bool:
+        """Checked under the run's lock: a schedule may be between writing the entry and its pointer."""
+        with self._locked(run_id):
+            pointer = self._read(self._dir(run_id) / f"due.{queue}")
+            return pointer is None or pointer.decode() != str(entry)
+
+    # -- leases --------------------------------------------------------------
+
+    def _lease(self, path: Path) -> tuple[str, float] | None:
+        raw = self._read(path / "lease")
+        if not raw:
+            return None
+        owner, _, expires = raw.decode().rpartition("\n")
+        return owner, float(expires)
+
+    def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        with self._locked(run_id) as path:
+            held = self._lease(path)
+            if held is not None and held[0] != owner and held[1] > time.time():
+                return False
+            self._write(path / "lease", f"{owner}\n{time.time() + ttl}".encode(), durable=False)
+            return True
+
+    def renew_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        with self._locked(run_id) as path:
+            held = self._lease(path)
+            if held is None or held[0] != owner or held[1] <= time.time():
+                return False
+            self._write(path / "lease", f"{owner}\n{time.time() + ttl}".encode(), durable=False)
+            return True
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        if not self._dir(run_id).is_dir():
+            return
+        with self._locked(run_id) as path:
+            held = self._lease(path)
+            if held is not None and held[0] == owner:
+                os.unlink(path / "lease")
+
+    # -- visibility and retention ------------------------------------------
+
+    def write_info(self, run_id: str, info: bytes) -> None:
+        # the summary is derived from the log, so it need not survive a crash
+        self._write(self._ensure_dir(run_id) / "info", info, durable=False)
+
+    def read_info(self, run_id: str) -> bytes | None:
+        return self._read(self._dir(run_id) / "info")
+
+    def list_runs(self, *, after: str | None = None, limit: int = 100) -> list[str]:
+        ids = []
+        for name in os.listdir(self._runs):
+            if not (self._runs / name / "info").exists():
+                continue
+            raw = self._read(self._runs / name / "id") if name.startswith("~") else None
+            ids.append(raw.decode() if raw is not None else _run_id_of(name))
+        ids.sort()
+        if after is not None:
+            ids = [i for i in ids if i > after]
+        return ids[:limit]
+
+    def delete_run(self, run_id: str) -> None:
+        path = self._dir(run_id)
+        if not path.is_dir():
+            return
+        with self._locked(run_id):
+            for pointer in path.glob("due.*"):
+                entry = self._read(pointer)
+                if entry is not None:
+                    self._remove_entry(Path(entry.decode()))
+            graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"
+            os.rename(path, graveyard)
+            self._tails.pop(run_id, None)
+        _remove_tree(graveyard)
+
+
+def _remove_tree(path: Path) -> None:
+    for child in sorted(path.rglob("*"), reverse=True):
+        if child.is_dir():
+            child.rmdir()
+        else:
+            child.unlink()
+    path.rmdir()
