@@ -9,7 +9,8 @@ Layout under the root (see docs/backends.md)::
     runs/<name>/lease          owner and expiry of the lease
     runs/<name>/due.<queue>    which due entry is the run's, on that queue
     runs/<name>/id             the run id, when the name cannot spell it
-    queues/<queue>/<day>/<minute>/<due ms>-<name>   the due index
+    queues/<queue>/<256 days>/<day>/<minute>/<due ms>-<name>   the due index
+    posting/<ns>-<uuid>        a post in progress: its queue and run
     tmp/                       files being written, renamed into place
 
 Every file that must survive a crash is written to ``tmp/``, fsync'd and
@@ -41,6 +42,8 @@ _HEADER_CRC = struct.Struct(">I")  # CRC32 of the header above
 _FRAME = _HEADER.size + _HEADER_CRC.size
 _NAME_MAX = 200
 _STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body
+#: A post marker older than this is taken for the trace of a poster that died.
+POSTING_GRACE = 5.0
 
 
 def run_dir_name(run_id: str) -> str:
@@ -119,7 +122,8 @@ class FSBackend(Backend):
         self._runs = self.root / "runs"
         self._queues = self.root / "queues"
         self._tmp = self.root / "tmp"
-        for folder in (self._runs, self._queues, self._tmp):
+        self._posting = self.root / "posting"
+        for folder in (self._runs, self._queues, self._tmp, self._posting):
             folder.mkdir(parents=True, exist_ok=True)
         self._guard = threading.Lock()
         self._thread_locks: dict[str, threading.Lock] = {}
@@ -245,11 +249,20 @@ class FSBackend(Backend):
     # -- the inbox -----------------------------------------------------------
 
     def post(self, queue: str, run_id: str, message: Message) -> None:
+        """Marker, message, due entry, then the marker goes.
+
+        A poster that dies between any two writes leaves its marker, and a
+        poll that finds an old marker marks the run due: the message, if it
+        was written, is then ingested once (its id dedupes it).
+        """
         check_run_id(message.id)
         path = self._ensure_dir(run_id) / "inbox" / message.id
+        marker = self._posting / f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+        self._write(marker, f"{check_run_id(queue)}\n{run_id}".encode())
         if not path.exists():
             self._write(path, _STAMP.pack(time.time_ns()) + message.body)
         self.schedule(queue, run_id, time.time())
+        os.unlink(marker)
 
     def take_inbox(self, run_id: str) -> list[Message]:
         inbox = self._dir(run_id) / "inbox"
@@ -321,7 +334,21 @@ class FSBackend(Backend):
         with self._locked(run_id):
             self._set_entry(queue, run_id, None)
 
+    def _recover_posts(self, queue: str, now: float) -> None:
+        """Mark due the runs of posts whose poster died mid-way (old markers)."""
+        cutoff = f"{int((now - POSTING_GRACE) * 1e9):020d}"
+        for marker in self._buckets(self._posting, cutoff):
+            raw = self._read(marker)
+            if raw is None:
+                continue
+            marker_queue, _, run_id = raw.decode().partition("\n")
+            if marker_queue == queue:
+                self.schedule(queue, run_id, now)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(marker)
+
     def due(self, queue: str, now: float, limit: int) -> list[str]:
+        self._recover_posts(queue, now)
         found: list[str] = []
         last = self._entry(queue, "\uffff", now)
         for days in self._buckets(self._queue_dir(queue), last.parents[2].name):
