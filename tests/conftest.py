@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from substantial import Conductor
-from substantial.backends import MemoryBackend
+from substantial.backends import FSBackend, MemoryBackend
 
 
 @pytest.fixture(params=[1024, 0], ids=["cache-on", "cache-off"])
@@ -15,8 +16,11 @@ def cache_size(request: pytest.FixtureRequest) -> int:
     return int(request.param)
 
 
-@pytest.fixture
-def conductor() -> Conductor:
+@pytest.fixture(params=["memory", "files"])
+def conductor(request: pytest.FixtureRequest, tmp_path: Path) -> Conductor:
+    """A conductor on each backend that needs no server."""
+    if request.param == "files":
+        return Conductor(FSBackend(tmp_path / "store"))
     return Conductor(MemoryBackend())
 
 

@@ -120,41 +120,42 @@ def test_a_poll_lists_a_bounded_number_of_names_however_many_runs_are_parked(
     assert names_listed_by_one_poll() <= empty + 256 + 1440
 
 
-def test_a_poster_that_dies_between_any_two_writes_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for crash_at in ["message", "due", "unmark"]:
-        root = tmp_path / crash_at
-        fs = FSBackend(root)
-        fs.unschedule("q", "r")
+def _die(*args: object, **kwargs: object) -> None:
+    raise SystemExit("killed")
 
-        def die(*args: object, **kwargs: object) -> None:
-            raise SystemExit("killed")
 
-        target = {"message": "_ensure_dir", "due": "schedule", "unmark": None}[crash_at]
-        if crash_at == "message":
-            real_write = fs._write
+@pytest.mark.parametrize("crash_at", ["message", "due", "unmark"])
+def test_a_poster_that_dies_between_any_two_writes_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: str
+) -> None:
+    root = tmp_path / "store"
+    fs = FSBackend(root)
+    fs.unschedule("q", "r")
+    if crash_at == "message":  # after the marker, before the message
+        real_write = fs._write
 
-            def write_then_die(path: Path, data: bytes, *, durable: bool = True) -> None:
-                if path.parent.name == "inbox":
-                    die()
-                real_write(path, data, durable=durable)
+        def write_then_die(path: Path, data: bytes, *, durable: bool = True) -> None:
+            if path.parent.name == "inbox":
+                _die()
+            real_write(path, data, durable=durable)
 
-            monkeypatch.setattr(fs, "_write", write_then_die)
-        elif crash_at == "unmark":
-            monkeypatch.setattr(os, "unlink", die)
-        else:
-            monkeypatch.setattr(fs, str(target), die)
-        with pytest.raises(SystemExit):
-            fs.post("q", "r", Message("m1", b"hello"))
-        monkeypatch.undo()
+        monkeypatch.setattr(fs, "_write", write_then_die)
+    elif crash_at == "due":  # after the message, before the due entry
+        monkeypatch.setattr(fs, "schedule", _die)
+    else:  # after the due entry, before the marker goes
+        monkeypatch.setattr(os, "unlink", _die)
+    with pytest.raises(SystemExit):
+        fs.post("q", "r", Message("m1", b"hello"))
+    monkeypatch.undo()
 
-        restarted = FSBackend(root)
-        later = time.time() + POSTING_GRACE + 1
-        assert restarted.due("q", later, 10) == ["r"], crash_at  # the run gets a turn
-        expected = [] if crash_at == "message" else [Message("m1", b"hello")]
-        assert restarted.take_inbox("r") == expected
-        restarted.post("q", "r", Message("m1", b"hello"))  # the sender's retry
-        assert restarted.take_inbox("r") == [Message("m1", b"hello")]
-        assert list((root / "posting").iterdir()) == []
+    restarted = FSBackend(root)
+    later = time.time() + POSTING_GRACE + 1
+    assert restarted.due("q", later, 10) == ["r"]  # the run gets a turn
+    expected = [] if crash_at == "message" else [Message("m1", b"hello")]
+    assert restarted.take_inbox("r") == expected
+    restarted.post("q", "r", Message("m1", b"hello"))  # the sender's retry
+    assert restarted.take_inbox("r") == [Message("m1", b"hello")]
+    assert list((root / "posting").iterdir()) == []
 
 
 def test_from_url_makes_file_and_memory_backends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -160,7 +160,11 @@ class FSBackend(Backend):
             if durable:
                 f.flush()
                 self._sync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            os.unlink(tmp)
+            raise
         if durable:
             self._sync_dir(path.parent)
 
@@ -306,14 +310,22 @@ class FSBackend(Backend):
             entry = self._entry(queue, path.name, due_at)
             if old is not None and old.decode() == str(entry):
                 return
-            entry.parent.mkdir(parents=True, exist_ok=True)
-            self._write(entry, run_id.encode())
+            self._create_entry(entry, run_id)
             self._write(pointer, str(entry).encode())
         else:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(pointer)
         if old is not None:
             self._remove_entry(Path(old.decode()))
+
+    def _create_entry(self, entry: Path, run_id: str) -> None:
+        while True:  # another poll may remove an empty bucket between our mkdir and rename
+            try:
+                entry.parent.mkdir(parents=True, exist_ok=True)
+                self._write(entry, run_id.encode())
+                return
+            except FileNotFoundError:
+                continue
 
     def _remove_entry(self, entry: Path) -> None:
         with contextlib.suppress(FileNotFoundError):

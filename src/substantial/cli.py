@@ -1,0 +1,390 @@
+"""The command line: ``substantial worker``, ``substantial runs ...``, ``substantial demo``.
+
+Every command returns an exit code: 0 on success, 2 on a usage error or an
+error the user can fix (a bad module path, an unknown or invalid run id, bad
+JSON), reported as one line on stderr without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from types import FrameType
+from typing import Any
+from urllib.parse import urlparse
+
+from substantial import defaults
+from substantial.backends import FSBackend, from_url
+from substantial.conductor import Conductor, RunHandle
+from substantial.context import Context
+from substantial.errors import SubstantialError
+from substantial.events import Failure
+from substantial.runs import HistoryEvent, RunInfo, RunStatus
+from substantial.workflow import workflow
+
+log = logging.getLogger("substantial.worker")
+
+#: Seconds ``substantial worker`` waits for turns in progress once told to stop.
+STOP_TIMEOUT = 30.0
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class CLIError(Exception):
+    """An error the user can fix, shown as one line on stderr (exit code 2)."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit code."""
+    args = _parser().parse_args(argv)
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except (CLIError, SubstantialError) as e:
+        print(f"substantial: error: {e}", file=sys.stderr)
+        return 2
+
+
+# -- the parser ----------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="substantial", description="Brokerless durable execution: run workers, inspect and signal runs."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_worker(commands)
+    _add_runs(commands)
+    demo = commands.add_parser("demo", help="run the quick-start workflow on local files")
+    demo.add_argument("folder", nargs="?", help="where to store the runs (default: a new temporary folder)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    worker = commands.add_parser(
+        "worker",
+        help="run a worker until SIGINT or SIGTERM",
+        description="Import MODULE, take its Conductor ATTRIBUTE and serve its runs until SIGINT or SIGTERM; "
+        "a second signal exits at once (nothing is lost: unfinished turns are taken up again).",
+    )
+    worker.add_argument("target", metavar="MODULE:ATTRIBUTE", help="where the Conductor is, e.g. myapp.flows:conductor")
+    worker.add_argument("--threads", type=_positive_int, default=defaults.THREADS, help="turns run at once")
+    worker.add_argument(
+        "--queue",
+        action="append",
+        dest="queues",
+        metavar="QUEUE",
+        help="a queue to serve; repeat for several (default: the queues of the registered workflows)",
+    )
+    worker.add_argument(
+        "--stop-timeout",
+        type=_seconds,
+        default=STOP_TIMEOUT,
+        help="seconds to let turns in progress finish when stopping (default: %(default)s)",
+    )
+    worker.add_argument(
+        "--poll-interval",
+        type=_seconds,
+        default=defaults.POLL_INTERVAL,
+        help="longest wait between looks at the due index (default: %(default)s)",
+    )
+    worker.add_argument("--log-level", default="INFO", type=str.upper, help="logging level (default: INFO)")
+    worker.set_defaults(handler=_worker)
+
+
+def _add_runs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    store = argparse.ArgumentParser(add_help=False)
+    store.add_argument(
+        "--url",
+        help=f"the backend (default: $SUBSTANTIAL_URL, else {defaults.URL}), e.g. file:///var/lib/app/runs",
+    )
+    runs = commands.add_parser("runs", help="list, show, signal and cancel runs")
+    actions = runs.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    listing = actions.add_parser("list", parents=[store], help="list runs, in id order")
+    listing.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs with this status")
+    listing.add_argument("--workflow", help="only runs of this workflow (its registered name)")
+    listing.add_argument("--limit", type=_positive_int, default=100, help="at most this many (default: 100)")
+    listing.set_defaults(handler=_runs_list)
+
+    show = actions.add_parser("show", parents=[store], help="a run's status, result and history")
+    show.add_argument("run_id", metavar="ID")
+    show.set_defaults(handler=_runs_show)
+
+    send = actions.add_parser("send", parents=[store], help="send an event to a run")
+    send.add_argument("run_id", metavar="ID")
+    send.add_argument("name", metavar="NAME", help="the event name, as the workflow receives or handles it")
+    send.add_argument("payload", metavar="JSON", nargs="?", default="null", help="the payload (default: null)")
+    send.set_defaults(handler=_runs_send)
+
+    cancel = actions.add_parser("cancel", parents=[store], help="ask a run to stop")
+    cancel.add_argument("run_id", metavar="ID")
+    cancel.add_argument("--reason", default=None, help="why; RunCancelled carries it")
+    cancel.set_defaults(handler=_runs_cancel)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return value
+
+
+# -- substantial worker ------------------------------------------------------------
+
+
+def load_conductor(target: str) -> Conductor:
+    """The ``Conductor`` named by ``module:attribute`` (the attribute may be dotted).
+
+    The working directory is importable, as it is for ``python -m``.
+    """
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise CLIError(f"{target!r} is not MODULE:ATTRIBUTE, e.g. myapp.flows:conductor")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found: object = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
+            raise  # the module exists but imports something missing: show the traceback
+        raise CLIError(f"cannot import module {module_name!r}: check the name and the working directory") from None
+    for part in attribute.split("."):
+        if not hasattr(found, part):
+            raise CLIError(f"{module_name!r} has no attribute {attribute!r}")
+        found = getattr(found, part)
+    if not isinstance(found, Conductor):
+        raise CLIError(f"{target!r} is a {type(found).__name__}, not a Conductor")
+    return found
+
+
+class _StopSignal:
+    """SIGINT and SIGTERM ask for a graceful stop; a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.received = threading.Event()
+        self.name = ""
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received.is_set():
+            # Safe at any instant: an unfinished turn leaves its run due for the next worker.
+            print(f"substantial: {signal.Signals(signum).name} again: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.name = signal.Signals(signum).name
+        self.received.set()
+
+    def wait(self) -> None:
+        while not self.received.wait(1.0):
+            pass
+
+
+def _worker(args: argparse.Namespace) -> int:
+    conductor = load_conductor(args.target)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not conductor.registry.queues():
+        log.warning("%s has no registered workflows: every run it takes will fail to load", args.target)
+    stop = _StopSignal()
+    with stop.installed():
+        worker = conductor.run(args.threads, queues=args.queues, poll_interval=args.poll_interval)
+        log.info(
+            "worker %s serving queue(s) %s with %d thread(s)", worker.owner, ", ".join(worker.queues), args.threads
+        )
+        stop.wait()
+        log.info("%s: stopping, waiting up to %gs for turns in progress", stop.name, args.stop_timeout)
+        finished = worker.stop(timeout=args.stop_timeout)
+    if finished:
+        log.info("worker %s stopped", worker.owner)
+    else:
+        log.warning("worker %s stopped; unfinished turns end at their next step and their runs stay due", worker.owner)
+    return 0
+
+
+# -- substantial runs ----------------------------------------------------------
+
+
+def _store(args: argparse.Namespace) -> Conductor:
+    """A conductor on the backend of ``--url``, ``$SUBSTANTIAL_URL`` or the default.
+
+    It registers no workflows: handles work by run id alone. A file store must
+    exist already, so a mistyped URL is reported instead of creating a folder.
+    """
+    url: str = args.url or os.environ.get("SUBSTANTIAL_URL") or defaults.URL
+    parsed = urlparse(url)
+    if parsed.scheme == "memory":
+        raise CLIError(f"{url!r} is one process's memory: there are no runs to see from here")
+    if parsed.scheme == "file" and parsed.path and not Path(parsed.path).is_dir():
+        raise CLIError(f"no store at {Path(parsed.path).absolute()}: give --url or set $SUBSTANTIAL_URL")
+    try:
+        return Conductor(from_url(url))
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
+def _runs_list(args: argparse.Namespace) -> int:
+    runs = _store(args).list_runs(status=args.status, workflow=args.workflow, limit=args.limit)
+    rows = [("ID", "WORKFLOW", "STATUS", "UPDATED", "WAITING FOR")]
+    rows += [(r.id, r.workflow, r.status.value, _time(r.updated_at), r.waiting_for) for r in runs]
+    if not runs:
+        print("no runs")
+        return 0
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _runs_show(args: argparse.Namespace) -> int:
+    run = _store(args).get(args.run_id)
+    info = run.info()
+    history = run.history()
+    for line in _info_lines(info):
+        print(line)
+    print(f"history ({len(history)} events):")
+    for event in history:
+        print("  " + _event_line(event))
+    return 0
+
+
+def _runs_send(args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except json.JSONDecodeError as e:
+        raise CLIError(f"the payload {args.payload!r} is not JSON ({e}); quote strings: '\"text\"'") from None
+    run = _store(args).get(args.run_id)
+    _warn_if_finished(run)
+    run.send(args.name, payload)
+    print(f"sent {args.name!r} to run {run.id}")
+    return 0
+
+
+def _runs_cancel(args: argparse.Namespace) -> int:
+    run = _store(args).get(args.run_id)
+    _warn_if_finished(run)
+    run.cancel(args.reason)
+    print(f"asked run {run.id} to cancel")
+    return 0
+
+
+def _warn_if_finished(run: RunHandle) -> None:
+    status = run.status()
+    if status.finished:
+        print(f"substantial: note: run {run.id} has finished ({status}): it will ignore this", file=sys.stderr)
+
+
+def _info_lines(info: RunInfo) -> list[str]:
+    fields: list[tuple[str, str]] = [
+        ("id", info.id),
+        ("workflow", info.workflow),
+        ("queue", info.queue),
+        ("status", info.status.value),
+        ("created", _time(info.created_at)),
+        ("updated", _time(info.updated_at)),
+    ]
+    if info.waiting_for:
+        fields.append(("waiting for", info.waiting_for))
+    if info.due_at is not None:
+        fields.append(("due", _time(info.due_at)))
+    if info.status is RunStatus.COMPLETED:
+        fields.append(("result", _value(info.result)))
+    if info.error is not None:
+        fields.append(("error", _value(info.error)))
+    if info.last_error:
+        fields.append(("last error", info.last_error))
+    lines = [f"{name + ':':<13}{value}" for name, value in fields]
+    if info.error is not None and info.error.traceback:
+        lines += ["  " + line for line in info.error.traceback.rstrip().splitlines()]
+    return lines
+
+
+def _event_line(event: HistoryEvent) -> str:
+    at = _time(event.at) if event.at is not None else "-"
+    step = "-" if event.step is None else str(event.step)
+    what = f"{event.command} {event.fingerprint!r}" if event.fingerprint else event.command
+    if event.kind == "timer_set" and isinstance(event.value, float):
+        shown = _time(datetime.fromtimestamp(event.value, tz=timezone.utc))  # when it fires
+    else:
+        shown = "" if event.value is None else _value(event.value)
+    return "  ".join(part for part in (at, f"{step:>3}", f"{event.kind:<16}", what, shown) if part).rstrip()
+
+
+def _time(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, Failure):
+        return f"{value.type}: {value.message}"
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
+# -- substantial demo ----------------------------------------------------------
+
+
+def _charge_card(order_id: str, amount: int) -> str:
+    return f"charge-{order_id}-{amount}"  # the side effect: a payment API call goes here
+
+
+@workflow("substantial.demo.order")
+def demo_order(c: Context, order_id: str, amount: int) -> Generator[Any, Any, dict[str, Any]]:
+    """The quick-start workflow: a recorded step, a durable sleep, an event."""
+    charge = yield c.save(lambda: _charge_card(order_id, amount), key="charge")
+    yield c.sleep(0.2)  # durable timer, no thread held
+    approved = yield c.receive("approval")  # waits durably for run.send("approval", ...)
+    return {"charge": charge, "approved": approved}
+
+
+def _demo(args: argparse.Namespace) -> int:
+    folder = Path(args.folder or tempfile.mkdtemp(prefix="substantial-demo-")).absolute()
+    conductor = Conductor(FSBackend(folder))
+    conductor.register(demo_order)
+    print(f"runs are stored in {folder}")
+    with conductor.run(threads=2, poll_interval=0.05):
+        run = conductor.start(demo_order, "o-1", 30)
+        print(f"started run {run.id} of {demo_order.name}")
+        _wait_for(run, "receive")
+        print(f"status: {run.status()} ({run.info().waiting_for})")
+        run.send("approval", True)
+        print("sent 'approval' = true")
+        print(f"result: {_value(run.result(timeout=30))}")
+    print(f"history ({len(run.history())} events):")
+    for event in run.history():
+        print("  " + _event_line(event))
+    print(f"see it again with: substantial runs show {run.id} --url {folder.as_uri()}")
+    return 0
+
+
+def _wait_for(run: RunHandle, prefix: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not run.info().waiting_for.startswith(prefix):
+        if time.monotonic() > deadline:
+            raise CLIError(f"run {run.id} is not waiting for {prefix!r} after {timeout}s: {run.info()}")
+        time.sleep(0.02)
