@@ -81,7 +81,9 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "a second signal exits at once (nothing is lost: unfinished turns are taken up again).",
     )
     worker.add_argument("target", metavar="MODULE:ATTRIBUTE", help="where the Conductor is, e.g. myapp.flows:conductor")
-    worker.add_argument("--threads", type=_positive_int, default=defaults.THREADS, help="turns run at once")
+    worker.add_argument(
+        "--threads", type=_positive_int, default=defaults.THREADS, help="turns run at once (default: %(default)s)"
+    )
     worker.add_argument(
         "--queue",
         action="append",
@@ -101,7 +103,13 @@ def _add_worker(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         default=defaults.POLL_INTERVAL,
         help="longest wait between looks at the due index (default: %(default)s)",
     )
-    worker.add_argument("--log-level", default="INFO", type=str.upper, help="logging level (default: INFO)")
+    worker.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+        help="logging level (default: INFO)",
+    )
     worker.set_defaults(handler=_worker)
 
 
@@ -241,7 +249,8 @@ def _store(args: argparse.Namespace) -> Conductor:
     parsed = urlparse(url)
     if parsed.scheme == "memory":
         raise CLIError(f"{url!r} is one process's memory: there are no runs to see from here")
-    if parsed.scheme == "file" and parsed.path and not Path(parsed.path).is_dir():
+    local = parsed.scheme == "file" and parsed.netloc in ("", "localhost") and parsed.path
+    if local and not Path(parsed.path).is_dir():
         raise CLIError(f"no store at {Path(parsed.path).absolute()}: give --url or set $SUBSTANTIAL_URL")
     try:
         return Conductor(from_url(url))

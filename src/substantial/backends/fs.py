@@ -126,7 +126,7 @@ class FSBackend(Backend):
         for folder in (self._runs, self._queues, self._tmp, self._posting):
             folder.mkdir(parents=True, exist_ok=True)
         self._guard = threading.Lock()
-        self._thread_locks: dict[str, threading.Lock] = {}
+        self._locks: dict[str, tuple[threading.Lock, FileLock]] = {}
         self._tails: dict[str, tuple[int, int, int]] = {}  # run -> (inode, version, offset)
 
     # -- files -------------------------------------------------------------
@@ -180,8 +180,10 @@ class FSBackend(Backend):
         """Hold the run's lock: a thread lock within this process, the file lock across processes."""
         path = self._ensure_dir(run_id)
         with self._guard:
-            thread_lock = self._thread_locks.setdefault(run_id, threading.Lock())
-        file_lock = FileLock(path / "lock", thread_local=False)
+            locks = self._locks.get(run_id)
+            if locks is None:
+                locks = self._locks[run_id] = (threading.Lock(), FileLock(path / "lock", thread_local=False))
+        thread_lock, file_lock = locks
         with thread_lock:
             file_lock.acquire(poll_interval=0.001)
             try:
@@ -468,6 +470,8 @@ class FSBackend(Backend):
             graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"
             os.rename(path, graveyard)
             self._tails.pop(run_id, None)
+        with self._guard:
+            self._locks.pop(run_id, None)
         _remove_tree(graveyard)
 
 

@@ -1,0 +1,76 @@
+"""µs per save step on FSBackend against a raw append + fsync loop on the same disk.
+
+Run: python benchmarks/fs_step.py [steps] [folder]
+Prints both costs and their ratio (target: at most 1.5).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from substantial import Conductor, Context, workflow
+from substantial import events as ev
+from substantial.backends import FSBackend
+from substantial.backends.fs import frame
+
+
+def step(i: int) -> dict[str, int]:
+    return {"i": i}
+
+
+@workflow()
+def sequential(c: Context, steps: int) -> Any:
+    for i in range(steps):
+        yield c.save(lambda i=i: step(i))
+    return steps
+
+
+def substantial_step_us(root: Path, steps: int) -> float:
+    conductor = Conductor(FSBackend(root / "store"))
+    conductor.register(sequential)
+    with conductor.run(threads=2, poll_interval=0.01):
+        run = conductor.start(sequential, steps)
+        began = time.perf_counter()
+        run.result(timeout=3600)
+        elapsed = time.perf_counter() - began
+    return elapsed / steps * 1e6
+
+
+def raw_append_fsync_us(root: Path, steps: int) -> float:
+    """The floor: the same framed record bytes appended and fsync'd, one per step."""
+    record = ev.encode(
+        ev.StepCompleted(
+            step=steps, at=time.time(), command="save", fingerprint="sequential.<locals>.<lambda>", value=b'{"i":1234}'
+        )
+    )
+    data = frame(record)
+    with open(root / "raw.log", "ab") as f:
+        began = time.perf_counter()
+        for _ in range(steps):
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        elapsed = time.perf_counter() - began
+    return elapsed / steps * 1e6
+
+
+def main() -> None:
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    parent = sys.argv[2] if len(sys.argv) > 2 else None
+    with tempfile.TemporaryDirectory(dir=parent) as folder:
+        root = Path(folder)
+        raw = raw_append_fsync_us(root, steps)
+        ours = substantial_step_us(root, steps)
+    print(f"steps: {steps} on {root.parent}")
+    print(f"raw append + fsync:    {raw:9.1f} µs per record")
+    print(f"substantial save step: {ours:9.1f} µs per step")
+    print(f"ratio: {ours / raw:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()
