@@ -7,8 +7,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,15 @@ def test_show_a_waiting_run(cli: Cli, files: Conductor, worker: Worker, url: str
     assert "result:" not in out
 
 
+def test_show_a_run_no_worker_has_taken_yet(cli: Cli, files: Conductor, url: str) -> None:
+    run = files.start(approve, "o-1")
+    code, out, _ = cli("runs", "show", run.id, "--url", url)
+    assert code == 0
+    lines = out.splitlines()
+    assert "status:      pending" in lines
+    assert lines[-1] == "history (0 events):"
+
+
 def test_show_a_failed_run_with_its_error_and_traceback(cli: Cli, files: Conductor, worker: Worker, url: str) -> None:
     run = files.start(fails)
     wait_until(lambda: run.status() is RunStatus.FAILED)
@@ -309,7 +319,23 @@ def test_demo_runs_the_quick_start_on_files(cli: Cli, tmp_path: Path) -> None:
 # -- a standalone worker -------------------------------------------------------------
 
 WORKER_MODULE = """
+    import os
+    import time
+    from pathlib import Path
+
     from substantial import Conductor, Context, workflow
+
+    FOLDER = Path(os.environ["CLI_TEST_DIR"])
+
+
+    def wait_for_go() -> str:
+        (FOLDER / "started").touch()
+        deadline = time.monotonic() + 30
+        while not (FOLDER / "go").exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError("nobody said go")
+            time.sleep(0.01)
+        return "done"
 
 
     @workflow("cli_test.double")
@@ -317,29 +343,130 @@ WORKER_MODULE = """
         return (yield c.save(lambda: x * 2, key="double"))
 
 
+    @workflow("cli_test.slow")
+    def slow(c: Context):
+        return (yield c.save(wait_for_go))
+
+
     conductor = Conductor()  # $SUBSTANTIAL_URL
-    conductor.register(double)
+    conductor.register(double, slow)
 """
 
 
+@workflow("cli_test.slow")
+def slow(c: Context) -> Any:
+    return (yield c.save(lambda: "never run here"))
+
+
+class WorkerProcess:
+    """``python -m substantial worker`` on the test's store, its stderr collected as it comes."""
+
+    def __init__(self, tmp_path: Path, url: str, options: Sequence[str] = ()) -> None:
+        (tmp_path / "cli_test_flows.py").write_text(textwrap.dedent(WORKER_MODULE))
+        env = {**os.environ, "SUBSTANTIAL_URL": url, "CLI_TEST_DIR": str(tmp_path)}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
+        command = [sys.executable, "-m", "substantial", "worker", "cli_test_flows:conductor", "--poll-interval", "0.05"]
+        command += options
+        self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        with self.proc.stderr:
+            for line in self.proc.stderr:
+                self.lines.append(line)
+
+    def wait_for_line(self, text: str) -> None:
+        wait_until(lambda: any(text in line for line in self.lines))
+
+    def exit_code(self, timeout: float = 15.0) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout)
+        return code
+
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(10)
+
+
+@pytest.fixture
+def worker_process(tmp_path: Path, url: str) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(*options: str) -> WorkerProcess:
+        started.append(WorkerProcess(tmp_path, url, options))
+        return started[-1]
+
+    yield start
+    (tmp_path / "go").touch()
+    for process in started:
+        process.kill()
+
+
+@pytest.fixture
+def starter(root: Path) -> Conductor:
+    conductor = Conductor(FSBackend(root))
+    conductor.register(double, slow)
+    return conductor
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_worker_serves_runs_until_signalled(tmp_path: Path, root: Path, url: str, signum: int) -> None:
-    (tmp_path / "cli_test_flows.py").write_text(textwrap.dedent(WORKER_MODULE))
-    env = {**os.environ, "SUBSTANTIAL_URL": url}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path), env.get("PYTHONPATH")) if p)
-    starter = Conductor(FSBackend(root))
-    starter.register(double)
-    command = [sys.executable, "-m", "substantial", "worker", "cli_test_flows:conductor", "--poll-interval", "0.05"]
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert starter.start(double, 21).result(timeout=20) == 42
-        assert proc.poll() is None
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=15)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    assert f"{signal.Signals(signum).name}: stopping" in err
-    assert "stopped" in err.splitlines()[-1]
+def test_worker_serves_runs_until_signalled(
+    worker_process: Callable[..., WorkerProcess], starter: Conductor, signum: int
+) -> None:
+    worker = worker_process()
+    assert starter.start(double, 21).result(timeout=20) == 42
+    assert worker.proc.poll() is None
+    worker.proc.send_signal(signum)
+    assert worker.exit_code() == 0, worker.stderr()
+    assert f"{signal.Signals(signum).name}: stopping" in worker.stderr()
+    assert worker.lines[-1].rstrip().endswith("stopped")
+
+
+def test_a_stopping_worker_finishes_the_turn_in_progress(
+    worker_process: Callable[..., WorkerProcess], starter: Conductor, tmp_path: Path
+) -> None:
+    worker = worker_process()
+    run = starter.start(slow)
+    wait_until((tmp_path / "started").exists, timeout=20)
+    worker.proc.send_signal(signal.SIGTERM)
+    worker.wait_for_line("SIGTERM: stopping")
+    assert worker.proc.poll() is None  # still waiting for the turn
+    (tmp_path / "go").touch()
+    assert worker.exit_code() == 0, worker.stderr()
+    assert run.status() is RunStatus.COMPLETED  # recorded before the worker exited
+    assert run.result(timeout=0) == "done"
+
+
+def test_a_second_signal_exits_at_once(
+    worker_process: Callable[..., WorkerProcess], starter: Conductor, tmp_path: Path
+) -> None:
+    worker = worker_process()
+    run = starter.start(slow)
+    wait_until((tmp_path / "started").exists, timeout=20)
+    worker.proc.send_signal(signal.SIGINT)
+    worker.wait_for_line("SIGINT: stopping")
+    worker.proc.send_signal(signal.SIGINT)
+    assert worker.exit_code() == 128 + signal.SIGINT, worker.stderr()
+    assert "SIGINT again: exiting now" in worker.stderr()
+    assert run.status() is RunStatus.RUNNING  # its turn was cut short; the run stays due for the next worker
+
+
+def test_the_stop_timeout_bounds_the_stop(
+    worker_process: Callable[..., WorkerProcess], starter: Conductor, tmp_path: Path
+) -> None:
+    worker = worker_process("--stop-timeout", "0.1")
+    run = starter.start(slow)
+    wait_until((tmp_path / "started").exists, timeout=20)
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.exit_code() == 0, worker.stderr()  # "go" never comes: the step is still running
+    assert "turns still running" in worker.stderr()
+    assert not (tmp_path / "go").exists()
+    assert run.status() is RunStatus.RUNNING

@@ -22,7 +22,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 from substantial import defaults
@@ -204,9 +204,8 @@ class _StopSignal:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received.is_set():
-            # Safe at any instant: an unfinished turn leaves its run due for the next worker.
             print(f"substantial: {signal.Signals(signum).name} again: exiting now", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+            _exit_now(128 + signum)
         self.name = signal.Signals(signum).name
         self.received.set()
 
@@ -229,11 +228,19 @@ def _worker(args: argparse.Namespace) -> int:
         stop.wait()
         log.info("%s: stopping, waiting up to %gs for turns in progress", stop.name, args.stop_timeout)
         finished = worker.stop(timeout=args.stop_timeout)
-    if finished:
-        log.info("worker %s stopped", worker.owner)
-    else:
-        log.warning("worker %s stopped; unfinished turns end at their next step and their runs stay due", worker.owner)
+    if not finished:
+        log.warning("worker %s stopped with turns still running: their runs stay due for the next worker", worker.owner)
+        _exit_now(0)  # the timeout bounds the stop: do not wait for the steps still running
+    log.info("worker %s stopped", worker.owner)
     return 0
+
+
+def _exit_now(code: int) -> NoReturn:
+    """Exit without waiting for turn threads; as safe as a crash, since an unfinished turn leaves its run due."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # -- substantial runs ----------------------------------------------------------
