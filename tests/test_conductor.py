@@ -277,3 +277,26 @@ def test_history_shows_the_reason_of_a_cancel(conductor: Conductor, run_worker: 
     with pytest.raises(Exception, match="changed my mind"):
         run.result(timeout=10)
     assert [e.value for e in run.history() if e.kind == "cancel_requested"] == ["changed my mind"]
+
+
+def test_history_names_events_and_keeps_attempt_details(conductor: Conductor, run_worker: Any) -> None:
+    from substantial import Retry
+
+    attempts: list[int] = []
+
+    @workflow()
+    def wf(c: Context) -> Any:
+        yield c.save(lambda: attempts.append(1) or (len(attempts) > 1 or 1 / 0), retry=Retry(initial=0))
+        return (yield c.receive("go"))
+
+    conductor.register(wf)
+    run_worker()
+    run = conductor.start(wf)
+    run.send("go", 7)
+    assert run.result(timeout=10) == 7
+    history = run.history()
+    [received] = [e for e in history if e.kind == "event_received"]
+    assert (received.fingerprint, received.value) == ("go", 7)
+    [attempt] = [e for e in history if e.kind == "step_attempt"]
+    assert attempt.detail["attempt"] == 1 and attempt.detail["next_at"] > 0
+    assert attempt.value.type == "ZeroDivisionError"

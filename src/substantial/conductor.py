@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -173,6 +174,19 @@ def _history_value(record: ev.Record, codec: Codec) -> Any:
     return None
 
 
+def _history_detail(record: ev.Record) -> dict[str, Any]:
+    """The fields a history event's value does not show (attempt numbers, ids, times)."""
+    shown = {"value", "args", "payload", "error", "reason"}
+    return {
+        f.name: getattr(record, f.name)
+        for f in dataclasses.fields(record)
+        if f.name not in shown and f.name not in _RECORD_BASE
+    }
+
+
+_RECORD_BASE = {f.name for f in dataclasses.fields(ev.Record)}
+
+
 class RunHandle:
     """One run: send it events, cancel it, read its status, result and history."""
 
@@ -243,8 +257,9 @@ class RunHandle:
                     step=step,
                     value=_history_value(record, codec),
                     command=record.command,
-                    fingerprint=record.fingerprint,
+                    fingerprint=record.name if isinstance(record, ev.EventReceived) else record.fingerprint,
                     at=datetime.fromtimestamp(record.at, tz=timezone.utc),
+                    detail=_history_detail(record),
                 )
             )
         return events

@@ -119,3 +119,5 @@ class HistoryEvent:
     command: str = ""
     fingerprint: str = ""
     at: datetime | None = dataclasses.field(default=None, repr=False)
+    #: The record's other fields: attempt and next_at of an attempt, message ids, and so on.
+    detail: dict[str, Any] = dataclasses.field(default_factory=dict, repr=False)
