@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from substantial import Conductor, Context, RunCancelled, RunHandle, RunStatus, Worker, workflow
+from substantial import cli as cli_module
 from substantial.backends import FSBackend
 from substantial.cli import main
 
@@ -307,13 +309,70 @@ def test_worker_shows_the_traceback_of_a_module_that_fails_to_import(
 # -- the demo ----------------------------------------------------------------------
 
 
-def test_demo_runs_the_quick_start_on_files(cli: Cli, tmp_path: Path) -> None:
-    code, out, _ = cli("demo", str(tmp_path / "demo"))
-    assert code == 0
-    assert 'result: {"charge": "charge-o-1-30", "approved": true}' in out.splitlines()
-    [info] = Conductor(FSBackend(tmp_path / "demo")).list_runs()
+def pid_of(out: str, prefix: str) -> int:
+    """The pid in ``prefix (pid N)...``, from the demo's output."""
+    [line] = [line for line in out.splitlines() if line.startswith(prefix)]
+    return int(line.split("(pid ")[1].split(")")[0])
+
+
+def assert_gone(pid: int) -> None:
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped: no such process
+
+
+def test_demo_survives_a_killed_worker(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "demo"
+    started = time.monotonic()
+    code, out, err = cli("demo", str(folder))
+    assert code == 0, err
+    assert time.monotonic() - started < 10
+    lines = out.splitlines()
+    first, second = pid_of(out, "started worker 1"), pid_of(out, "started worker 2")
+    assert f"killed worker 1 (pid {first}) with SIGKILL" in lines
+    after_kill = lines[lines.index(f"killed worker 1 (pid {first}) with SIGKILL") + 1]
+    assert after_kill.startswith("status: waiting (sleep, due in ")
+    assert after_kill.endswith("2 steps recorded, no worker running")
+    assert lines.index(f"killed worker 1 (pid {first}) with SIGKILL") < lines.index("sent 'approval' = true")
+    result = {"reservation": "reservation-o-1", "charge": "charge-o-1-30", "approved": True, "shipment": "shipment-o-1"}
+    assert f"result: {json.dumps(result)}" in lines
+    assert f"stopped worker 2 (pid {second}) with SIGTERM: exit code 0" in lines
+    assert "the steps recorded before the kill did not run again" in out
+
+    [info] = Conductor(FSBackend(folder)).list_runs()
     assert info.status is RunStatus.COMPLETED
-    assert f"substantial runs show {info.id} --url {(tmp_path / 'demo').as_uri()}" in out
+    assert f"substantial runs show {info.id} --url {folder.as_uri()}" in out
+    # every step ran once: the two before the kill in worker 1, the last in worker 2
+    executions = [line.split() for line in (folder / "steps.log").read_text().splitlines()]
+    assert executions == [
+        [info.id, "reserve", str(first)],
+        [info.id, "charge", str(first)],
+        [info.id, "ship", str(second)],
+    ]
+    assert_gone(first)
+    assert_gone(second)
+
+
+def test_an_interrupted_demo_leaves_no_worker_running(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[subprocess.Popen[bytes]] = []
+    start_worker = cli_module._start_worker
+
+    def start(folder: Path, workers: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        started.append(start_worker(folder, workers))
+        return started[-1]
+
+    def interrupted(conductor: Conductor, run_id: str) -> bool:
+        raise KeyboardInterrupt  # Ctrl-C while the run sleeps, before the kill
+
+    monkeypatch.setattr(cli_module, "_start_worker", start)
+    monkeypatch.setattr(cli_module, "_lease_free", interrupted)
+    code, _, err = cli("demo", str(tmp_path / "demo"))
+    assert code == 130
+    assert "demo interrupted; its workers are stopped" in err
+    [worker] = started
+    assert worker.returncode == -signal.SIGKILL
+    assert_gone(worker.pid)
 
 
 # -- a standalone worker -------------------------------------------------------------

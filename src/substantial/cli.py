@@ -14,25 +14,24 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
-from substantial import defaults
+from substantial import defaults, demo
 from substantial.backends import FSBackend, from_url
 from substantial.conductor import Conductor, RunHandle
-from substantial.context import Context
 from substantial.errors import SubstantialError
 from substantial.events import Failure
 from substantial.runs import HistoryEvent, RunInfo, RunStatus
-from substantial.workflow import workflow
 
 log = logging.getLogger("substantial.worker")
 
@@ -67,7 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_worker(commands)
     _add_runs(commands)
-    demo = commands.add_parser("demo", help="run the quick-start workflow on local files")
+    demo = commands.add_parser(
+        "demo",
+        help="the quick start on local files: a run survives a killed worker",
+        description="Start a worker process, start a run, SIGKILL the worker while the run sleeps, start another "
+        "worker and see the run finish without running its recorded steps again.",
+    )
     demo.add_argument("folder", nargs="?", help="where to store the runs (default: a new temporary folder)")
     demo.set_defaults(handler=_demo)
     return parser
@@ -364,43 +368,147 @@ def _value(value: Any) -> str:
 
 # -- substantial demo ----------------------------------------------------------
 
+#: Longest wait for each stage of the demo, in seconds.
+DEMO_TIMEOUT = 20.0
+#: The owner name the demo uses to check that no worker holds a run's lease.
+_DEMO_OWNER = "substantial-demo"
 
-def _charge_card(order_id: str, amount: int) -> str:
-    return f"charge-{order_id}-{amount}"  # the side effect: a payment API call goes here
-
-
-@workflow("substantial.demo.order")
-def demo_order(c: Context, order_id: str, amount: int) -> Generator[Any, Any, dict[str, Any]]:
-    """The quick-start workflow: a recorded step, a durable sleep, an event."""
-    charge = yield c.save(lambda: _charge_card(order_id, amount), key="charge")
-    yield c.sleep(0.2)  # durable timer, no thread held
-    approved = yield c.receive("approval")  # waits durably for run.send("approval", ...)
-    return {"charge": charge, "approved": approved}
+Process = subprocess.Popen[bytes]
 
 
 def _demo(args: argparse.Namespace) -> int:
     folder = Path(args.folder or tempfile.mkdtemp(prefix="substantial-demo-")).absolute()
     conductor = Conductor(FSBackend(folder))
-    conductor.register(demo_order)
-    print(f"runs are stored in {folder}")
-    with conductor.run(threads=2, poll_interval=0.05):
-        run = conductor.start(demo_order, "o-1", 30)
-        print(f"started run {run.id} of {demo_order.name}")
-        _wait_for(run, "receive")
-        print(f"status: {run.status()} ({run.info().waiting_for})")
-        run.send("approval", True)
-        print("sent 'approval' = true")
-        print(f"result: {_value(run.result(timeout=30))}")
-    print(f"history ({len(run.history())} events):")
-    for event in run.history():
-        print("  " + _event_line(event))
-    print(f"see it again with: substantial runs show {run.id} --url {folder.as_uri()}")
-    return 0
+    conductor.register(demo.order)
+    _say(f"runs are stored in {folder}")
+    workers: list[Process] = []
+    try:
+        try:
+            code = _demo_steps(conductor, folder, workers)
+        finally:
+            _stop_all(workers)  # on an error or Ctrl-C too: never leave a worker behind
+    except KeyboardInterrupt:
+        print("substantial: demo interrupted; its workers are stopped", file=sys.stderr)
+        return 130
+    return code
 
 
-def _wait_for(run: RunHandle, prefix: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not run.info().waiting_for.startswith(prefix):
+def _demo_steps(conductor: Conductor, folder: Path, workers: list[Process]) -> int:
+    """The demo, with the workers it starts in ``workers``; 1 if a step recorded before the kill ran again."""
+    first = _start_worker(folder, workers)
+    run = conductor.start(demo.order, "o-1", 30)
+    _say(f"started run {run.id} of {demo.order.name}")
+
+    def sleeping() -> bool:
+        info = run.info()
+        return info.status is RunStatus.WAITING and info.waiting_for.startswith("sleep")
+
+    _wait_until("the run to reach its sleep", sleeping, first)
+    # The turn that parked the run lets its lease go just after recording the status: kill the
+    # worker after that, so that the next worker takes the run at once (a worker killed within a
+    # turn holds its run's lease until it expires, lease_ttl: 30 s by default).
+    _wait_until("the worker to let the run's lease go", lambda: _lease_free(conductor, run.id), first)
+    recorded = _recorded_steps(run)
+    _say(f"the run sleeps {demo.SLEEP:g}s after {len(recorded)} recorded steps ({', '.join(recorded)})")
+    first.kill()
+    first.wait()
+    _say(f"killed worker 1 (pid {first.pid}) with SIGKILL")
+    info = run.info()
+    due = "" if info.due_at is None else f", due in {max(info.due_at.timestamp() - time.time(), 0):.1f}s"
+    steps = len(_recorded_steps(run))
+    _say(f"status: {info.status} ({info.waiting_for}{due}), {steps} steps recorded, no worker running")
+
+    second = _start_worker(folder, workers)
+    _wait_until("the run to wait for 'approval'", lambda: run.info().waiting_for.startswith("receive"), second)
+    _say(f"status: {run.status()} ({run.info().waiting_for}): worker 2 took the run over after the sleep")
+    run.send("approval", True)
+    _say("sent 'approval' = true")
+    try:
+        result = run.result(timeout=DEMO_TIMEOUT)
+    except TimeoutError:
+        raise CLIError(f"run {run.id} did not finish within {DEMO_TIMEOUT:g}s: {run.info()}") from None
+    _say(f"result: {_value(result)}")
+    history = run.history()
+    _say(f"history ({len(history)} events):")
+    for event in history:
+        _say("  " + _event_line(event))
+
+    pids = {first.pid: "worker 1", second.pid: "worker 2"}
+    ran = _step_executions(folder / demo.STEPS_FILE, run.id)
+    counts = [f"{step} {len(by)}x ({', '.join(pids.get(pid, f'pid {pid}') for pid in by)})" for step, by in ran.items()]
+    _say(f"step executions (from {demo.STEPS_FILE}): {'; '.join(counts)}")
+    again = [step for step in recorded if len(ran.get(step, [])) != 1]
+    if again:
+        print(
+            f"substantial: steps recorded before the kill did not run exactly once: {', '.join(again)}", file=sys.stderr
+        )
+    else:
+        _say("the steps recorded before the kill did not run again: worker 2 replayed their results from the log")
+
+    second.terminate()
+    try:
+        code = second.wait(timeout=DEMO_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise CLIError(f"worker 2 (pid {second.pid}) did not stop within {DEMO_TIMEOUT:g}s of SIGTERM") from None
+    _say(f"stopped worker 2 (pid {second.pid}) with SIGTERM: exit code {code}")
+    _say(f"see it again with: substantial runs show {run.id} --url {folder.as_uri()}")
+    return 1 if again else 0
+
+
+def _say(text: str) -> None:
+    print(text, flush=True)  # flushed, so that it comes in order with what the workers print
+
+
+def _start_worker(folder: Path, workers: list[Process]) -> Process:
+    """``python -m substantial worker substantial.demo:conductor`` on ``folder``, quiet but for problems."""
+    package_root = str(Path(__file__).resolve().parent.parent)  # the child imports this very substantial
+    env = {**os.environ, "SUBSTANTIAL_URL": folder.as_uri()}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "substantial", "worker", "substantial.demo:conductor"]
+    command += ["--threads", "2", "--poll-interval", "0.05", "--stop-timeout", "5", "--log-level", "WARNING"]
+    process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
+    workers.append(process)
+    _say(f"started worker {len(workers)} (pid {process.pid}): python {' '.join(command[1:5])}")
+    return process
+
+
+def _stop_all(workers: list[Process]) -> None:
+    """Kill the workers still running, and reap them."""
+    for process in workers:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def _wait_until(what: str, done: Callable[[], bool], worker: Process) -> None:
+    """Poll ``done`` until it holds; a ``CLIError`` if the worker exits or ``DEMO_TIMEOUT`` passes first."""
+    deadline = time.monotonic() + DEMO_TIMEOUT
+    while not done():
+        if worker.poll() is not None:
+            raise CLIError(f"the worker (pid {worker.pid}) exited with code {worker.returncode} before {what}")
         if time.monotonic() > deadline:
-            raise CLIError(f"run {run.id} is not waiting for {prefix!r} after {timeout}s: {run.info()}")
+            raise CLIError(f"gave up waiting {DEMO_TIMEOUT:g}s for {what}")
         time.sleep(0.02)
+
+
+def _lease_free(conductor: Conductor, run_id: str) -> bool:
+    """True if no worker holds the run's lease (the demo takes it and gives it back at once)."""
+    if not conductor.backend.acquire_lease(run_id, _DEMO_OWNER, 1.0):
+        return False
+    conductor.backend.release_lease(run_id, _DEMO_OWNER)
+    return True
+
+
+def _recorded_steps(run: RunHandle) -> list[str]:
+    return [e.fingerprint for e in run.history() if e.kind == "step_completed"]
+
+
+def _step_executions(steps_file: Path, run_id: str) -> dict[str, list[int]]:
+    """The pids that ran each step of the run, in order, from the steps file."""
+    ran: dict[str, list[int]] = {}
+    lines = steps_file.read_text(encoding="utf-8").splitlines() if steps_file.exists() else []
+    for line in lines:
+        run, step, pid = line.split()
+        if run == run_id:
+            ran.setdefault(step, []).append(int(pid))
+    return ran
