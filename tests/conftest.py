@@ -1,14 +1,31 @@
-"""Shared fixtures: a conductor on the memory backend, with the sticky cache on and off."""
+"""Shared fixtures: a conductor on every backend, with the sticky cache on and off."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from servers import Factory, Stores
 from substantial import Conductor
-from substantial.backends import FSBackend, MemoryBackend
+
+SERVERS = sorted(p.stem for p in (Path(__file__).parent / "servers").glob("*_server.py"))
+pytest_plugins = [f"servers.{name}" for name in SERVERS]
+
+
+def backends() -> dict[str, str]:
+    """Backend name -> name of the fixture that makes its stores, from every server plugin."""
+    found: dict[str, str] = {}
+    for name in SERVERS:
+        found.update(sys.modules[f"servers.{name}"].BACKENDS)
+    return found
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_stores" in metafunc.fixturenames:
+        metafunc.parametrize("backend_stores", sorted(backends()), indirect=True)
 
 
 @pytest.fixture(params=[1024, 0], ids=["cache-on", "cache-off"])
@@ -16,12 +33,22 @@ def cache_size(request: pytest.FixtureRequest) -> int:
     return int(request.param)
 
 
-@pytest.fixture(params=["memory", "files"])
-def conductor(request: pytest.FixtureRequest, tmp_path: Path) -> Conductor:
-    """A conductor on each backend that needs no server."""
-    if request.param == "files":
-        return Conductor(FSBackend(tmp_path / "store"))
-    return Conductor(MemoryBackend())
+@pytest.fixture
+def backend_stores(request: pytest.FixtureRequest) -> Stores:
+    """Makes fresh stores of each backend (parametrized by pytest_generate_tests)."""
+    stores: Stores = request.getfixturevalue(backends()[request.param])
+    return stores
+
+
+@pytest.fixture
+def backend_factory(backend_stores: Stores) -> Factory:
+    """Opens clients of one fresh store."""
+    return backend_stores()
+
+
+@pytest.fixture
+def conductor(backend_factory: Factory) -> Conductor:
+    return Conductor(backend_factory())
 
 
 @pytest.fixture

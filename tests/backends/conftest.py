@@ -1,37 +1,22 @@
-"""The backends the conformance suite runs against; later backends join the list."""
+"""The conformance suite runs against every backend of tests/servers/."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
 
-from substantial.backends import Backend, FSBackend, MemoryBackend
-
-Factory = Callable[[], Backend]
-
-
-def _memory(tmp_path: Path) -> Factory:
-    backend = MemoryBackend()
-    return lambda: backend
+from servers import Factory
+from substantial.backends import Backend
 
 
-def _files(tmp_path: Path) -> Factory:
-    return lambda: FSBackend(tmp_path / "store")  # each call: another client of the same folder
-
-
-FACTORIES: dict[str, Callable[[Path], Factory]] = {"memory": _memory, "files": _files}
-
-
-@pytest.fixture(params=sorted(FACTORIES))
-def connect(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Factory]:
-    """Opens a connection to one fresh store; call it again for another client of the same store."""
+@pytest.fixture
+def connect(backend_factory: Factory) -> Iterator[Factory]:
+    """Opens a client of one fresh store; call it again for another client of the same store."""
     opened: list[Backend] = []
-    make = FACTORIES[request.param](tmp_path)
 
     def factory() -> Backend:
-        backend = make()
+        backend = backend_factory()
         opened.append(backend)
         return backend
 
