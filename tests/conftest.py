@@ -10,6 +10,7 @@ import pytest
 
 from servers import Factory, Stores
 from substantial import Conductor
+from substantial.backends import Backend
 
 SERVERS = sorted(p.stem for p in (Path(__file__).parent / "servers").glob("*_server.py"))
 pytest_plugins = [f"servers.{name}" for name in SERVERS]
@@ -41,9 +42,19 @@ def backend_stores(request: pytest.FixtureRequest) -> Stores:
 
 
 @pytest.fixture
-def backend_factory(backend_stores: Stores) -> Factory:
-    """Opens clients of one fresh store."""
-    return backend_stores()
+def backend_factory(backend_stores: Stores) -> Iterator[Factory]:
+    """Opens clients of one fresh store; closes them after the test."""
+    make = backend_stores()
+    opened: list[Backend] = []
+
+    def factory() -> Backend:
+        backend = make()
+        opened.append(backend)
+        return backend
+
+    yield factory
+    for backend in opened:
+        backend.close()
 
 
 @pytest.fixture

@@ -197,7 +197,7 @@ class Worker:
     def _listen_loop(self) -> None:
         while not self._stopping.is_set():
             try:
-                if self.backend.wait_for_work(self.queues[0], self.poll_interval):
+                if self.backend.wait_for_work(self.queues, min(self.poll_interval, 0.5)):
                     self._wake.set()
             except Exception:
                 log.exception("waiting for work failed; retrying")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from servers import Factory
@@ -11,18 +9,9 @@ from substantial.backends import Backend
 
 
 @pytest.fixture
-def connect(backend_factory: Factory) -> Iterator[Factory]:
+def connect(backend_factory: Factory) -> Factory:
     """Opens a client of one fresh store; call it again for another client of the same store."""
-    opened: list[Backend] = []
-
-    def factory() -> Backend:
-        backend = backend_factory()
-        opened.append(backend)
-        return backend
-
-    yield factory
-    for backend in opened:
-        backend.close()
+    return backend_factory
 
 
 @pytest.fixture

@@ -137,8 +137,8 @@ class Backend(ABC):
 
     # -- wake-up -------------------------------------------------------------
 
-    def wait_for_work(self, queue: str, timeout: float) -> bool:
-        """Block until work may be due on ``queue`` or ``timeout`` passes; True if woken.
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
+        """Block until work may be due on one of ``queues`` or ``timeout`` passes; True if woken.
 
         The default only sleeps; stores that can push (Redis) override it and
         set ``wakes_across_processes``.

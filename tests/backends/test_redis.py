@@ -1,0 +1,104 @@
+"""What only the Redis backend has: hash-tagged keys, push wake-ups, surviving a Redis restart."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import key_slot
+
+from servers.redis_server import RedisServer, unavailable
+from substantial import Conductor, Context, RunStatus, workflow
+from substantial.backends import Message, RedisBackend
+
+
+@pytest.fixture(params=["redis_url", "redis_cluster_url"], ids=["node", "cluster"])
+def url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(request.param))
+
+
+def test_every_key_of_a_run_is_in_the_runs_slot(redis_url: str) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    backend = RedisBackend.from_url(f"{redis_url}?prefix={prefix}")
+    backend.append_log("Run-1", [b"x"], 0)
+    backend.post("q", "Run-1", Message("m", b""))
+    backend.acquire_lease("Run-1", "me", 30)
+    backend.write_info("Run-1", b"{}")
+    client = redis.Redis.from_url(redis_url)
+    keys = [k.decode() for k in client.scan_iter(f"{prefix}:{{Run-1}}:*")]
+    assert {k.rsplit(":", 1)[1] for k in keys} == {"log", "inbox", "msgs", "lease", "info"}
+    assert len({key_slot(k.encode()) for k in keys}) == 1
+    queue_keys = [k.decode() for k in client.scan_iter(f"{prefix}:{{q:q}}:*")]
+    assert queue_keys == [f"{prefix}:{{q:q}}:due"]  # the posting marker is gone once the post returned
+    backend.close()
+    client.close()
+
+
+@workflow()
+def waits(c: Context) -> Any:
+    return (yield c.receive("go"))
+
+
+def test_a_post_from_another_process_wakes_an_idle_worker_at_once(url: str) -> None:
+    store = f"{url}{'&' if '?' in url else '?'}prefix=t{uuid.uuid4().hex[:8]}"
+    client, worker_side = Conductor(store), Conductor(store)  # two clients, as two processes would be
+    client.register(waits)
+    worker_side.register(waits)
+    with worker_side.run(threads=2, poll_interval=30):
+        time.sleep(0.2)  # the poller is idle in a 30 s wait
+        began = time.monotonic()
+        run = client.start(waits)
+        while run.status() != RunStatus.WAITING:
+            assert time.monotonic() - began < 5, "the start did not wake the worker"
+            time.sleep(0.005)
+        run.send("go", 1)
+        assert run.result(timeout=5) == 1
+    client.backend.close()
+    worker_side.backend.close()
+
+
+steps_run: Counter[str] = Counter()
+
+
+@workflow()
+def several_steps(c: Context, i: int) -> Any:
+    total = 0
+    for step in range(5):
+        total += yield c.save(lambda step=step: steps_run.update([f"{i}-{step}"]) or step * i)
+        yield c.sleep(0.05)
+    return total
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_workers_survive_redis_being_killed_and_restarted(tmp_path: Path) -> None:
+    if not shutil.which("redis-server"):
+        unavailable("redis-server is not installed: the restart test needs its own server")
+    server = RedisServer(tmp_path / "redis", args=("--appendonly", "yes", "--appendfsync", "always")).start()
+    try:
+        conductor = Conductor(f"{server.url}?prefix=fault")
+        conductor.register(several_steps)
+        with conductor.run(threads=4, poll_interval=0.05, lease_ttl=2):
+            runs = [conductor.start(several_steps, i) for i in range(50)]
+            deadline = time.monotonic() + 30
+            while sum(steps_run.values()) < 60:  # well under way
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            server.kill()
+            time.sleep(0.5)  # Redis stays away for a while
+            server.start()
+            results = [run.result(timeout=120) for run in runs]
+        assert results == [sum(step * i for step in range(5)) for i in range(50)]
+        for run in runs:
+            recorded = Counter(e.step for e in run.history() if e.kind == "step_completed")
+            assert set(recorded.values()) == {1}, f"a step recorded twice in {run.id}"
+        assert len(steps_run) == 250
+        conductor.backend.close()
+    finally:
+        server.kill()
