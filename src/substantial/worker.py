@@ -19,7 +19,7 @@ from substantial import events as ev
 from substantial.backends.base import Backend, Message
 from substantial.codec import Codec
 from substantial.errors import Conflict, CorruptRecord
-from substantial.replay import Execution, Progress
+from substantial.replay import TERMINAL_STATE, Execution, Progress
 from substantial.runs import RunStatus, Summary
 from substantial.workflow import Registry
 
@@ -32,6 +32,7 @@ _STATUS = {
     "completed": RunStatus.COMPLETED,
     "failed": RunStatus.FAILED,
     "cancelled": RunStatus.CANCELLED,
+    "reverted": RunStatus.REVERTED,
 }
 
 
@@ -183,7 +184,8 @@ class Worker:
             free = self.threads - len(busy)
             if free <= 0:
                 return took
-            for run_id in self.backend.due(queue, time.time(), free + len(busy)):
+            # ask past the runs this worker holds and a batch more: the earliest may be leased elsewhere
+            for run_id in self.backend.due(queue, time.time(), defaults.DUE_BATCH + len(busy)):
                 if run_id in busy or free <= 0:
                     continue
                 if not self.backend.acquire_lease(run_id, self.owner, self.lease_ttl):
@@ -311,7 +313,7 @@ class _Turn:
             raise CorruptRecord(f"run {self.run_id!r}: the log does not begin with RunStarted")
         execution = Execution(self.run_id, self.w._registry.get(started.workflow), self.w._codec, records)
         if isinstance(records[-1], ev.TERMINAL):
-            execution.state = "completed"  # finished: nothing to run, only to tidy
+            execution.state = TERMINAL_STATE[type(records[-1])]  # finished: nothing to run, only to tidy
         return execution
 
     def _begin(self, messages: list[Message]) -> Execution | None:
@@ -349,7 +351,9 @@ class _Turn:
             self.backend.ack(self.run_id, [m.id for m in messages])
 
     def _tidy_finished(self, execution: Execution, messages: list[Message]) -> None:
+        """A finished log: make sure the summary says so (a worker may have died first), unschedule."""
         execution.close()
+        self._set_summary(_STATUS[execution.state], waiting_for="", due_at=None)
         self.backend.unschedule(self.queue, self.run_id)
         if messages:
             log.info("run %s has finished: dropping %d message(s) sent to it", self.run_id, len(messages))
@@ -380,8 +384,19 @@ class _Turn:
                 )
 
     def _park(self, execution: Execution, progress: Progress) -> None:
-        """End the turn: move the due entry, re-check the inbox, record the status."""
+        """End the turn: record the status, move the due entry, re-check the inbox.
+
+        The status comes first: a worker killed after it still leaves the due
+        entry, so the next turn parks the run again.
+        """
         now = time.time()
+        self._set_summary(
+            _STATUS[progress.state],
+            waiting_for=progress.waiting_for,
+            due_at=progress.due_at,
+            last_error="",
+            turn_failures=0,
+        )
         if progress.state == "waiting" and progress.due_at is not None:
             self.backend.schedule(self.queue, self.run_id, progress.due_at)
             self.w.note_due(progress.due_at)
@@ -393,13 +408,6 @@ class _Turn:
             self.w._cache.put(self.run_id, execution, self.version)
         else:
             execution.close()
-        self._set_summary(
-            _STATUS[progress.state],
-            waiting_for=progress.waiting_for,
-            due_at=progress.due_at,
-            last_error="",
-            turn_failures=0,
-        )
 
     def _set_summary(self, status: RunStatus, **changes: object) -> None:
         raw = self.backend.read_info(self.run_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,23 @@ def record_execution(path: str, run_id: str, step: int) -> None:
 
 
 def effect(path: str, run_id: str, step: int, hold: float) -> str:
-    """A step's work: a little time, then the durable side effect, then its value."""
-    time.sleep(hold)
+    """A step's work: the durable side effect, then a little time (as waiting for a reply), then its value.
+
+    The hold after the side effect is the window in which a kill makes the
+    step run again: the tests land kills in it.
+    """
     record_execution(path, run_id, step)
+    time.sleep(hold)
     return step_value(run_id, step)
+
+
+def work(path: str, run_id: str, step: int, hold: float) -> Callable[[], str]:
+    """The function a save of step ``step`` runs (its fingerprint: ``work.<locals>.run``)."""
+
+    def run() -> str:
+        return effect(path, run_id, step, hold)
+
+    return run
 
 
 @workflow("crash.chain")
@@ -56,13 +70,13 @@ def chain(c: Context, effects: str, saves: int, hold: float) -> Any:
     """
     values = []
     for step in range(saves):
-        values.append((yield c.save(lambda step=step: effect(effects, c.run_id, step, hold))))
+        values.append((yield c.save(work(effects, c.run_id, step, hold))))
     yield c.sleep(0.05)
     events = []
     for _ in range(EVENTS_PER_RUN):
         events.append((yield c.receive(EVENT)))
     last = saves + 1 + EVENTS_PER_RUN
-    values.append((yield c.save(lambda: effect(effects, c.run_id, last, hold))))
+    values.append((yield c.save(work(effects, c.run_id, last, hold))))
     return {"values": values, "events": events}
 
 
