@@ -156,3 +156,32 @@ class Uuid4(Command):
 
     def convert(self, value: Any) -> Any:
         return _uuid.UUID(value)
+
+
+@dataclass(frozen=True)
+class Patched(Command):
+    """Whether this run takes the code of change ``change_id``; takes no step number."""
+
+    kind: ClassVar[str] = "patched"
+    change_id: str
+
+    @property
+    def fingerprint(self) -> str:
+        return self.change_id
+
+
+@dataclass(frozen=True)
+class Revert(Command):
+    """Run the compensations of completed saves, newest first, then end the run reverted."""
+
+    kind: ClassVar[str] = "revert"
+    #: the error being handled where revert() was called, if any
+    cause: BaseException | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Compensate(Save):
+    """The compensation of the save at ``of_step``: a durable step of its own."""
+
+    kind: ClassVar[str] = "compensate"
+    of_step: int = 0

@@ -16,7 +16,7 @@ from substantial import events as ev
 from substantial.backends import from_url
 from substantial.backends.base import Backend, Message, check_run_id
 from substantial.codec import Codec, JSONCodec, encode_at
-from substantial.errors import RunCancelled, RunFailed, RunNotFound
+from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.runs import HistoryEvent, RunInfo, RunStatus, Summary
 from substantial.worker import Worker
 from substantial.workflow import Registry, Workflow
@@ -230,7 +230,7 @@ class RunHandle:
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to finish and return its result.
 
-        Raises ``RunFailed`` or ``RunCancelled`` if it ended so, and
+        Raises ``RunFailed``, ``RunCancelled`` or ``RunReverted`` if it ended so, and
         ``TimeoutError`` if it has not finished within ``timeout`` seconds.
         """
         if not self._conductor._wait_until(lambda: self.status().finished, timeout):
@@ -240,6 +240,8 @@ class RunHandle:
             return self._conductor.codec.decode(end.value)
         if isinstance(end, ev.RunFailed):
             raise RunFailed(self.id, end.error.type, end.error.message, end.error.traceback)
+        if isinstance(end, ev.RunReverted):
+            raise RunReverted(self.id, end.reason)
         assert isinstance(end, ev.RunCancelled)
         raise RunCancelled(end.reason)
 

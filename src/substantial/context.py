@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -10,9 +11,11 @@ from substantial.commands import (
     NO_RETRY,
     Ensure,
     Now,
+    Patched,
     Random,
     Receive,
     Retry,
+    Revert,
     Save,
     Seconds,
     Sleep,
@@ -122,3 +125,20 @@ class Context:
     def uuid4(self) -> Uuid4:
         """A random ``uuid.UUID``, the same on every replay."""
         return Uuid4()
+
+    def patched(self, change_id: str) -> Patched:
+        """Yields True where change ``change_id`` applies, False for runs already past this point.
+
+        The first run to reach it with the change deployed records the
+        decision; runs whose history went past this point without it get
+        False, on every replay. See docs/primitives.md for the lifecycle.
+        """
+        return Patched(change_id=change_id)
+
+    def revert(self) -> Revert:
+        """Run the compensations of completed saves, newest first, and end the run ``reverted``.
+
+        Each compensation is a durable step retried with its save's policy.
+        Called while handling an error, that error is kept as the cause.
+        """
+        return Revert(cause=sys.exc_info()[1])

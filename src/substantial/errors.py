@@ -7,6 +7,7 @@ Every error derives from one root::
     ├── StepFailed            a save failed for good (raised inside the workflow)
     ├── RunFailed             a run ended failed (raised by RunHandle.result)
     ├── RunCancelled          a run was cancelled (inside the workflow and by result)
+    ├── RunReverted           a run ended by c.revert() (raised by RunHandle.result)
     ├── UnknownWorkflow       no workflow registered under that name
     ├── RunNotFound           no run with that id
     ├── InvalidRunId          a run id that is not allowed
@@ -77,6 +78,16 @@ class RunCancelled(SubstantialError):
     def __init__(self, reason: str = "") -> None:
         self.reason = reason
         super().__init__(f"run cancelled: {reason}" if reason else "run cancelled")
+
+
+class RunReverted(SubstantialError):
+    """The run called ``c.revert()``: its compensations ran and it has no result."""
+
+    def __init__(self, run_id: str, reason: str = "") -> None:
+        self.run_id = run_id
+        self.reason = reason
+        because = f" ({reason})" if reason else ""
+        super().__init__(f"run {run_id!r} was reverted{because}: its compensations ran, it has no result")
 
 
 class UnknownWorkflow(SubstantialError):

@@ -139,8 +139,20 @@ class RunCancelled(Record):
     reason: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class PatchMarked(Record):
+    field = "patch_marked"
+    change_id: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunReverted(Record):
+    field = "run_reverted"
+    reason: str = ""
+
+
 #: Records that end a run.
-TERMINAL = (RunCompleted, RunFailed, RunCancelled)
+TERMINAL = (RunCompleted, RunFailed, RunCancelled, RunReverted)
 #: Records that arrive from outside through the inbox.
 MESSAGES = (RunStarted, EventReceived, CancelRequested)
 #: Records that belong to a step (carry command and fingerprint).
@@ -163,6 +175,8 @@ _BY_FIELD: dict[str, type[Record]] = {
         RunCompleted,
         RunFailed,
         RunCancelled,
+        PatchMarked,
+        RunReverted,
     )
 }
 _BASE = {f.name for f in dataclasses.fields(Record)}

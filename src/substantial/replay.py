@@ -20,18 +20,33 @@ from typing import Any, Literal
 
 from substantial import events as ev
 from substantial.codec import Codec, encode_at
-from substantial.commands import Command, Ensure, Now, Random, Receive, Save, Sleep, Uuid4
+from substantial.commands import (
+    Command,
+    Compensate,
+    Ensure,
+    Now,
+    Patched,
+    Random,
+    Receive,
+    Revert,
+    Save,
+    Sleep,
+    Uuid4,
+)
 from substantial.context import Context
 from substantial.errors import CodecError, CorruptRecord, NonDeterminismError, RunCancelled, StepFailed
 from substantial.workflow import Workflow
 
 Clock = Callable[[], float]
-State = Literal["running", "waiting", "completed", "failed", "cancelled"]
+State = Literal["running", "waiting", "completed", "failed", "cancelled", "reverted"]
 TERMINAL_STATE: dict[type[ev.Record], State] = {
     ev.RunCompleted: "completed",
     ev.RunFailed: "failed",
     ev.RunCancelled: "cancelled",
+    ev.RunReverted: "reverted",
 }
+#: Records replay passes over: they belong to no command.
+_PASSED = (ev.Logged, ev.PatchMarked)
 
 
 @dataclass(frozen=True)
@@ -165,6 +180,9 @@ class Execution:
         self._cancel: str | None = None
         self._closing = False
         self._ran_step = False  # a save ran live: its record must be appended before going on
+        self._compensable: list[tuple[int, Save]] = []  # completed saves with compensate_with
+        self._reverting: deque[Compensate] | None = None  # compensations left, once reverting
+        self._revert_cause: BaseException | None = None
         self._clock: Clock = lambda: 0.0
         self.state: State = "running"
         self.context = Context(run_id, workflow.name, self)
@@ -196,6 +214,7 @@ class Execution:
             assert self._pending is not None
             resolution = self._resolve(self._pending)
             if isinstance(resolution, _Outcome):
+                self._settled(self._pending, resolution)
                 self._ready = resolution
                 self._pending = None
                 if self._ran_step:
@@ -207,25 +226,81 @@ class Execution:
             return self._progress("waiting", resolution.due_at, resolution.waiting_for)
         return self._progress(self.state)
 
+    def _settled(self, p: _Pending | None, outcome: _Outcome) -> None:
+        """Note what a resolved command means for revert: saves to compensate, revert to start."""
+        if p is None or outcome.error is not None:
+            return
+        if type(p.command) is Save and p.command.compensate_with is not None:
+            self._compensable.append((p.step, p.command))
+        elif isinstance(p.command, Revert):
+            self._revert_cause = p.command.cause
+            self._reverting = deque(
+                Compensate(fn=save.compensate_with, retry=save.retry, of_step=step)
+                for step, save in reversed(self._compensable)
+                if save.compensate_with is not None
+            )
+
     def _progress(self, state: State, due_at: float | None = None, waiting_for: str = "") -> Progress:
         records, self._new = self._new, []
         return Progress(records, state, due_at, waiting_for)
 
     def _next_command(self) -> bool:
-        """Step the generator to its next command; False once the run has ended."""
+        """Step the generator (or the revert) to its next command; False once the run has ended."""
+        if self._reverting is not None:
+            return self._next_compensation()
         command = self._step_generator()
-        while command is not _ENDED and not isinstance(command, Command):
-            self._ready = _Outcome(
-                error=TypeError(
-                    f"workflow {self.workflow.name!r} yielded {command!r}; yield a command "
-                    "made by the context, as in `yield c.save(f)`"
+        while command is not _ENDED and (isinstance(command, Patched) or not isinstance(command, Command)):
+            if isinstance(command, Patched):
+                self._ready = _Outcome(self._patched(command.change_id))
+            else:
+                self._ready = _Outcome(
+                    error=TypeError(
+                        f"workflow {self.workflow.name!r} yielded {command!r}; yield a command "
+                        "made by the context, as in `yield c.save(f)`"
+                    )
                 )
-            )
             command = self._step_generator()
         if not isinstance(command, Command):
             return False
         self._pending = _Pending(self._next_step, command)
         self._next_step += 1
+        return True
+
+    def _next_compensation(self) -> bool:
+        """The next compensation of a revert, or the run's end (reverted, or failed with both errors)."""
+        assert self._reverting is not None
+        error = self._ready.error
+        cause = self._revert_cause
+        if error is not None:
+            failure = (
+                ev.Failure(error.error_type, error.message, error.traceback)
+                if isinstance(error, StepFailed)
+                else failure_of(error)
+            )
+            if cause is not None:
+                failure = ev.Failure(
+                    failure.type,
+                    f"{failure.message}; the revert was called while handling {type(cause).__name__}: {cause}",
+                    f"{failure.traceback}\nThe revert was called while handling:\n{failure_of(cause).traceback}",
+                )
+            self._finish(ev.RunFailed, failure)
+            return False
+        if not self._reverting:
+            self._finish(ev.RunReverted, "" if cause is None else f"{type(cause).__name__}: {cause}")
+            return False
+        self._pending = _Pending(self._next_step, self._reverting.popleft())
+        self._next_step += 1
+        return True
+
+    def _patched(self, change_id: str) -> bool:
+        """True if the log marks the change here or the run is live here; False if the run went past."""
+        for position in range(self._pos, len(self._log)):
+            record = self._log[position]
+            if isinstance(record, ev.PatchMarked) and record.change_id == change_id:
+                return True
+            if isinstance(record, (*ev.STEP_RECORDS, *ev.TERMINAL)):
+                return False
+        self._append(ev.PatchMarked(at=self._clock(), change_id=change_id))
         return True
 
     def _step_generator(self) -> Any:
@@ -265,7 +340,7 @@ class Execution:
                     self._pending = None
                     return _Outcome(error=error)
                 continue
-            if isinstance(record, ev.Logged):
+            if isinstance(record, _PASSED):
                 continue
             if isinstance(record, ev.TERMINAL):
                 self._pos -= 1
@@ -279,7 +354,7 @@ class Execution:
                 p.attempts, p.next_at = record.attempt, record.next_at
             elif isinstance(record, ev.TimerSet):
                 p.fire_at = record.fire_at
-        if self._cancel is not None:
+        if self._cancel is not None and self._reverting is None:  # a revert runs to its end
             reason, self._cancel = self._cancel, None
             self._record(p, ev.StepCancelled, reason=reason)
             return _Outcome(error=RunCancelled(reason))
@@ -388,6 +463,10 @@ class Execution:
             return _Outcome(True)
         return self._live_timer(p, p.command.timeout, f"ensure {p.command.fingerprint}")
 
+    def _live_revert(self, p: _Pending) -> Resolution:
+        self._record(p, ev.StepCompleted, value=self._encode(None, f"step {p.step}"))
+        return _Outcome(None)
+
     def _live_value(self, p: _Pending) -> Resolution:
         value = _MAKE_VALUE[type(p.command)](self._clock)
         self._record(p, ev.StepCompleted, value=self._encode(value, f"step {p.step}"))
@@ -466,8 +545,12 @@ class Execution:
                 return
         elif kind is ev.RunCancelled:
             self._append(ev.RunCancelled(at=self._clock(), reason=outcome.reason))
+        elif kind is ev.RunReverted:
+            self._append(ev.RunReverted(at=self._clock(), reason=outcome))
+            self.close()  # never resumed: the workflow ended at its revert
         else:
-            self._append(ev.RunFailed(at=self._clock(), error=failure_of(outcome)))
+            error = outcome if isinstance(outcome, ev.Failure) else failure_of(outcome)
+            self._append(ev.RunFailed(at=self._clock(), error=error))
         self.state = TERMINAL_STATE[kind]
 
     def close(self) -> None:
@@ -492,6 +575,8 @@ _MAKE_VALUE: dict[type[Command], Callable[[Clock], Any]] = {
 
 _LIVE: dict[type[Command], Callable[[Execution, _Pending], Resolution]] = {
     Save: Execution._live_save,
+    Compensate: Execution._live_save,
+    Revert: Execution._live_revert,
     Sleep: Execution._live_sleep,
     Receive: Execution._live_receive,
     Ensure: Execution._live_ensure,

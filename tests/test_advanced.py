@@ -1,0 +1,176 @@
+"""Advanced primitives: patched (versioning) and revert (compensations)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from substantial import (
+    Conductor,
+    Context,
+    NonDeterminismError,
+    Retry,
+    RunFailed,
+    RunReverted,
+    RunStatus,
+    StepFailed,
+    workflow,
+)
+from substantial import events as ev
+from substantial.codec import JSONCodec
+from substantial.replay import Execution
+
+codec = JSONCodec()
+done: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _reset() -> None:
+    done.clear()
+
+
+def run_all(ex: Execution) -> list[ev.Record]:
+    records: list[ev.Record] = []
+    while True:
+        progress = ex.advance(lambda: 1000.0)
+        records.extend(progress.records)
+        if progress.state != "running":
+            return records
+
+
+def started() -> ev.RunStarted:
+    return ev.RunStarted(message_id="start", workflow="wf", queue="q", args=codec.encode({"args": [], "kwargs": {}}))
+
+
+def saved(step: int, fingerprint: str, value: Any, command: str = "save") -> ev.StepCompleted:
+    return ev.StepCompleted(step=step, command=command, fingerprint=fingerprint, value=codec.encode(value))
+
+
+def step_a() -> str:
+    done.append("a")
+    return "a"
+
+
+def step_old() -> str:
+    done.append("old")
+    return "old"
+
+
+def step_new() -> str:
+    done.append("new")
+    return "new"
+
+
+@workflow("wf")
+def patched_wf(c: Context) -> Any:
+    yield c.save(step_a)
+    if (yield c.patched("use-new")):
+        return (yield c.save(step_new))
+    return (yield c.save(step_old))
+
+
+def test_patched_is_false_for_runs_whose_history_went_past_it() -> None:
+    ex = Execution("r", patched_wf, codec, [started(), saved(0, "step_a", "a"), saved(1, "step_old", "old")])
+    records = run_all(ex)
+    assert codec.decode(records[-1].value) == "old" and done == []
+
+
+def test_patched_is_true_and_recorded_for_runs_that_reach_it_after_the_deploy() -> None:
+    live = run_all(Execution("r", patched_wf, codec, [started()]))
+    assert [type(r).__name__ for r in live] == ["StepCompleted", "PatchMarked", "StepCompleted", "RunCompleted"]
+    assert codec.decode(live[-1].value) == "new"
+    done.clear()
+    replayed = run_all(Execution("r", patched_wf, codec, [started(), *live[:-1]]))  # cold replay decides the same
+    assert codec.decode(replayed[-1].value) == "new" and done == []
+
+
+def test_a_run_waiting_before_the_patch_takes_the_new_code() -> None:
+    ex = Execution("r", patched_wf, codec, [started(), saved(0, "step_a", "a")])
+    records = run_all(ex)
+    assert codec.decode(records[-1].value) == "new" and done == ["new"]
+
+
+def test_non_determinism_is_still_detected_across_patched() -> None:
+    @workflow("wf")
+    def changed_new_branch(c: Context) -> Any:
+        yield c.save(step_a)
+        if (yield c.patched("use-new")):
+            return (yield c.save(step_old))  # the patched branch itself changed
+        return None
+
+    log = [started(), saved(0, "step_a", "a"), ev.PatchMarked(change_id="use-new"), saved(1, "step_new", "new")]
+    with pytest.raises(NonDeterminismError, match="step_new"):
+        run_all(Execution("r", changed_new_branch, codec, log))
+
+
+def compensation(name: str) -> Any:
+    return lambda: done.append(f"undo {name}")
+
+
+@workflow()
+def books_then_reverts(c: Context) -> Any:
+    yield c.save(lambda: done.append("flight") or "flight", compensate_with=compensation("flight"))
+    yield c.save(lambda: done.append("no undo") or 1)
+    yield c.sleep(0.01)
+    yield c.save(lambda: done.append("hotel") or "hotel", compensate_with=compensation("hotel"))
+    yield c.revert()
+    done.append("never reached")
+
+
+def test_revert_runs_compensations_newest_first_once_and_ends_reverted(conductor: Conductor, run_worker: Any) -> None:
+    conductor.register(books_then_reverts)
+    run_worker()
+    run = conductor.start(books_then_reverts)
+    with pytest.raises(RunReverted, match="reverted"):
+        run.result(timeout=10)
+    assert done == ["flight", "no undo", "hotel", "undo hotel", "undo flight"]
+    assert run.status() == RunStatus.REVERTED
+    kinds = [(e.kind, e.command) for e in run.history() if e.step is not None]
+    assert kinds[-3:] == [
+        ("step_completed", "revert"),
+        ("step_completed", "compensate"),
+        ("step_completed", "compensate"),
+    ]
+
+
+def test_a_revert_cut_short_resumes_without_running_a_compensation_twice() -> None:
+    @workflow("wf")
+    def wf(c: Context) -> Any:
+        yield c.save(step_a, compensate_with=compensation("a"))
+        yield c.save(step_new, compensate_with=compensation("new"))
+        yield c.revert()
+
+    live = run_all(Execution("r", wf, codec, [started()]))
+    assert done == ["a", "new", "undo new", "undo a"]
+    cut = live.index(next(r for r in live if r.command == "compensate")) + 1  # the first compensation recorded
+    done.clear()
+    resumed = run_all(Execution("r", wf, codec, [started(), *live[:cut]]))
+    assert done == ["undo a"]
+    assert isinstance(resumed[-1], ev.RunReverted)
+
+
+def test_a_failing_compensation_is_retried_then_fails_the_run_with_both_errors(
+    conductor: Conductor, run_worker: Any
+) -> None:
+    def bad_undo() -> None:
+        done.append("undo attempt")
+        raise OSError("refund service down")
+
+    @workflow()
+    def wf(c: Context) -> Any:
+        yield c.save(lambda: "charged", compensate_with=bad_undo, retry=Retry(max_attempts=2, initial=0))
+        try:
+            yield c.save(lambda: 1 / 0)
+        except StepFailed:
+            yield c.revert()
+
+    conductor.register(wf)
+    run_worker()
+    run = conductor.start(wf)
+    with pytest.raises(RunFailed) as e:
+        run.result(timeout=10)
+    assert done == ["undo attempt", "undo attempt"]
+    assert e.value.error_type == "OSError"
+    assert "refund service down" in e.value.message and "ZeroDivisionError" in e.value.message
+    assert "ZeroDivisionError" in e.value.traceback and "refund service down" in e.value.traceback
