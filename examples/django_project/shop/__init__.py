@@ -1,0 +1,1 @@
+"""A minimal Django project whose orders are durable workflows (see settings.py)."""
