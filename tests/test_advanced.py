@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -174,3 +175,42 @@ def test_a_failing_compensation_is_retried_then_fails_the_run_with_both_errors(
     assert e.value.error_type == "OSError"
     assert "refund service down" in e.value.message and "ZeroDivisionError" in e.value.message
     assert "ZeroDivisionError" in e.value.traceback and "refund service down" in e.value.traceback
+
+
+@workflow()
+def adds_up(c: Context, left: int, total: int) -> Any:
+    total += yield c.receive("add")
+    if left > 1:
+        yield c.continue_using(adds_up, left - 1, total)
+    return total
+
+
+def test_continue_using_starts_a_fresh_history_and_carries_unconsumed_events(
+    conductor: Conductor, run_worker: Any
+) -> None:
+    conductor.register(adds_up)
+    run = conductor.start(adds_up, 3, 0)
+    for value in (1, 10, 100):  # sent at once: the first history consumes one, the rest are carried
+        run.send("add", value)
+    run_worker()
+    assert run.result(timeout=10) == 111
+    info = run.info()
+    assert info.generation == 2
+    history = run.history()
+    assert history[0].kind == "run_started" and history[0].detail["generation"] == 2
+    assert history[0].value == {"args": [1, 11], "kwargs": {}}
+    assert [e.kind for e in history].count("event_consumed") == 1  # only this generation's
+
+
+def test_continue_using_hands_the_next_generation_to_the_worker() -> None:
+    start = dataclasses.replace(started(), args=codec.encode({"args": [2, 0], "kwargs": {}}))
+    sent = [ev.EventReceived(message_id=f"m{i}", name="add", payload=codec.encode(i)) for i in (5, 7)]
+    ex = Execution("r", adds_up, codec, [start, *sent])
+    progress = ex.advance(lambda: 1000.0)
+    assert progress.state == "continued"
+    restart, *carried = progress.next_generation or []
+    assert isinstance(restart, ev.RunStarted) and restart.generation == 1
+    assert codec.decode(restart.args) == {"args": [1, 5], "kwargs": {}}
+    assert carried == [sent[1]]  # the unconsumed event, with its id
+    records = run_all(Execution("r", adds_up, codec, progress.next_generation or []))
+    assert codec.decode(records[-1].value) == 12

@@ -185,3 +185,17 @@ class Compensate(Save):
 
     kind: ClassVar[str] = "compensate"
     of_step: int = 0
+
+
+@dataclass(frozen=True)
+class ContinueUsing(Command):
+    """End this history and start a fresh one for ``workflow`` under the same run id."""
+
+    kind: ClassVar[str] = "continue_using"
+    workflow: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.workflow

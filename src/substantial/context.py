@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from substantial.commands import (
     NO_RETRY,
+    ContinueUsing,
     Ensure,
     Now,
     Patched,
@@ -22,6 +23,9 @@ from substantial.commands import (
     Uuid4,
     seconds,
 )
+
+if TYPE_CHECKING:
+    from substantial.workflow import Workflow
 
 
 class Runtime(Protocol):
@@ -142,3 +146,11 @@ class Context:
         Called while handling an error, that error is kept as the cause.
         """
         return Revert(cause=sys.exc_info()[1])
+
+    def continue_using(self, wf: Workflow | str, *args: Any, **kwargs: Any) -> ContinueUsing:
+        """End this history and go on as a fresh run of ``wf`` under the same run id.
+
+        Events sent but not yet consumed are carried over; the log starts
+        again, so a workflow that loops forever keeps a bounded log.
+        """
+        return ContinueUsing(workflow=wf if isinstance(wf, str) else wf.name, args=args, kwargs=kwargs)

@@ -46,6 +46,7 @@ class RunStarted(Record):
     workflow: str
     queue: str
     args: bytes
+    generation: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)

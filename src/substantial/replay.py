@@ -23,6 +23,7 @@ from substantial.codec import Codec, encode_at
 from substantial.commands import (
     Command,
     Compensate,
+    ContinueUsing,
     Ensure,
     Now,
     Patched,
@@ -38,7 +39,7 @@ from substantial.errors import CodecError, CorruptRecord, NonDeterminismError, R
 from substantial.workflow import Workflow
 
 Clock = Callable[[], float]
-State = Literal["running", "waiting", "completed", "failed", "cancelled", "reverted"]
+State = Literal["running", "waiting", "completed", "failed", "cancelled", "reverted", "continued"]
 TERMINAL_STATE: dict[type[ev.Record], State] = {
     ev.RunCompleted: "completed",
     ev.RunFailed: "failed",
@@ -55,13 +56,15 @@ class Progress:
 
     ``running`` means: append the records, then call ``advance`` again.
     ``waiting`` means: park the run until ``due_at`` (``None``: until an
-    event arrives).
+    event arrives). ``continued`` means: replace the log with
+    ``next_generation`` and go on with a new execution of it.
     """
 
     records: list[ev.Record]
     state: State
     due_at: float | None = None
     waiting_for: str = ""
+    next_generation: list[ev.Record] | None = None
 
 
 @dataclass
@@ -183,6 +186,7 @@ class Execution:
         self._compensable: list[tuple[int, Save]] = []  # completed saves with compensate_with
         self._reverting: deque[Compensate] | None = None  # compensations left, once reverting
         self._revert_cause: BaseException | None = None
+        self._next_generation: list[ev.Record] | None = None
         self._clock: Clock = lambda: 0.0
         self.state: State = "running"
         self.context = Context(run_id, workflow.name, self)
@@ -242,7 +246,7 @@ class Execution:
 
     def _progress(self, state: State, due_at: float | None = None, waiting_for: str = "") -> Progress:
         records, self._new = self._new, []
-        return Progress(records, state, due_at, waiting_for)
+        return Progress(records, state, due_at, waiting_for, self._next_generation)
 
     def _next_command(self) -> bool:
         """Step the generator (or the revert) to its next command; False once the run has ended."""
@@ -463,6 +467,30 @@ class Execution:
             return _Outcome(True)
         return self._live_timer(p, p.command.timeout, f"ensure {p.command.fingerprint}")
 
+    def _live_continue(self, p: _Pending) -> Resolution:
+        """Build the next generation's log: its start, then the events nobody consumed yet."""
+        assert isinstance(p.command, ContinueUsing)
+        cmd = p.command
+        try:
+            args = self._encode({"args": list(cmd.args), "kwargs": cmd.kwargs}, f"continue_using at step {p.step}")
+        except CodecError as e:
+            return _Outcome(error=e)
+        started = self._log[0]
+        assert isinstance(started, ev.RunStarted)
+        waiting = {m.id for inbox in self._inboxes.values() for m in inbox.unconsumed}
+        carried = [r for r in self._log if isinstance(r, ev.EventReceived) and r.message_id in waiting]
+        restart = ev.RunStarted(
+            at=self._clock(),
+            message_id=started.message_id,
+            workflow=cmd.workflow,
+            queue=started.queue,
+            args=args,
+            generation=started.generation + 1,
+        )
+        self._next_generation = [restart, *carried]
+        self.state = "continued"
+        return _Outcome(None)
+
     def _live_revert(self, p: _Pending) -> Resolution:
         self._record(p, ev.StepCompleted, value=self._encode(None, f"step {p.step}"))
         return _Outcome(None)
@@ -577,6 +605,7 @@ _LIVE: dict[type[Command], Callable[[Execution, _Pending], Resolution]] = {
     Save: Execution._live_save,
     Compensate: Execution._live_save,
     Revert: Execution._live_revert,
+    ContinueUsing: Execution._live_continue,
     Sleep: Execution._live_sleep,
     Receive: Execution._live_receive,
     Ensure: Execution._live_ensure,

@@ -48,6 +48,7 @@ class Summary:
     due_at: float | None = None
     last_error: str = ""
     turn_failures: int = 0
+    generation: int = 0
 
     def to_bytes(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -89,6 +90,8 @@ class RunInfo:
     result: Any = None
     error: Failure | None = None
     last_error: str = ""
+    #: how many times the run went on as a new history (continue_using)
+    generation: int = 0
 
     @classmethod
     def of(cls, run_id: str, summary: Summary, result: Any = None, error: Failure | None = None) -> RunInfo:
@@ -106,6 +109,7 @@ class RunInfo:
             result=result,
             error=error,
             last_error=summary.last_error,
+            generation=summary.generation,
         )
 
 

@@ -289,7 +289,7 @@ class _Turn:
         try:
             self._ingest(execution, messages)
             self._set_summary(RunStatus.RUNNING)
-            progress = self._advance(execution)
+            execution, progress = self._advance(execution)
         except BaseException:
             execution.close()
             raise
@@ -359,7 +359,8 @@ class _Turn:
             log.info("run %s has finished: dropping %d message(s) sent to it", self.run_id, len(messages))
             self.backend.ack(self.run_id, [m.id for m in messages])
 
-    def _advance(self, execution: Execution) -> Progress:
+    def _advance(self, execution: Execution) -> tuple[Execution, Progress]:
+        """Run the execution until it waits or ends; a continue_using swaps in the next generation."""
         while True:
             if self.w._abandon.is_set():
                 raise _Abandoned
@@ -368,8 +369,18 @@ class _Turn:
                 encoded = [ev.encode(r) for r in progress.records]
                 self.version = self.backend.append_log(self.run_id, encoded, self.version)
                 self._emit_logs(execution, progress.records)
-            if progress.state != "running":
-                return progress
+            if progress.state == "continued":
+                execution = self._next_generation(execution, progress.next_generation or [])
+            elif progress.state != "running":
+                return execution, progress
+
+    def _next_generation(self, old: Execution, records: list[ev.Record]) -> Execution:
+        self.version = self.backend.replace_log(self.run_id, [ev.encode(r) for r in records], self.version)
+        old.close()
+        started = records[0]
+        assert isinstance(started, ev.RunStarted)
+        self._set_summary(RunStatus.RUNNING, workflow=started.workflow, generation=started.generation)
+        return Execution(self.run_id, self.w._registry.get(started.workflow), self.w._codec, records)
 
     def _emit_logs(self, execution: Execution, records: list[ev.Record]) -> None:
         for record in records:

@@ -1,0 +1,810 @@
+"""The S3 backend: the whole state in one bucket, coordinated by conditional writes.
+
+Layout under the prefix (see docs/backends.md)::
+
+    runs/<run>/log/<n>              the n-th write to the log: If-None-Match: * makes it the append
+    runs/<run>/seg/<n>.base|.delta  merged segments: the log as of object n, or what it added to a base
+    runs/<run>/inbox/<message id>   one object per unacknowledged message
+    runs/<run>/lease                owner and expiry, replaced with If-Match: <etag>
+    runs/<run>/due.<queue>          names the run's due entry on that queue (If-Match)
+    info/<run>                      the run's summary
+    due/<queue>/<due µs>-<run>      the due index: keys sort by due time
+    posting/<queue>/<ns>~<nonce>~<run>   a post in progress
+
+No write spans two objects, so the order of writes carries every guarantee:
+an object is written before anything that names it, and removed after.
+boto3 and botocore are imported here only, for the ``s3`` extra.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
+
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import (  # type: ignore[import-untyped]
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+)
+
+from substantial.backends.base import Backend, Message, check_run_id
+from substantial.errors import Conflict, CorruptRecord, SubstantialError
+
+log = logging.getLogger("substantial.backends.s3")
+
+#: Log objects written after the last segment before the next append merges them.
+MERGE_OBJECTS = 16
+#: ... or bytes of records written since the last segment.
+MERGE_BYTES = 64 * 1024
+#: A post marker older than this (seconds) is taken for the trace of a poster that died.
+POSTING_GRACE = 10.0
+#: How often (seconds of the poller's ``now``) ``due`` looks for such markers.
+POSTING_SCAN_EVERY = 5.0
+#: Runs whose log, lease and due pointer a client keeps in memory (LRU).
+CACHED_RUNS = 1024
+
+_T = TypeVar("_T")
+_MAGIC = b"SBS1"
+# kind, epoch, number, v_from, v_to, base end, base version, delta end, delta version, token, record count
+_HEAD = struct.Struct(">4sBQQQQqQqQ16sI")
+_LEN = struct.Struct(">I")
+_STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body
+_APPEND, _REPLACE, _BASE, _DELTA = 0, 1, 2, 3
+_SEG_KINDS = {".base": _BASE, ".delta": _DELTA}
+_RETRYABLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestThrottled",
+    "ServiceUnavailable",
+    "InternalError",
+    "RequestTimeout",
+    "ConditionalRequestConflict",
+    "OperationAborted",
+}
+_HINTS = {
+    "NoSuchBucket": "the bucket does not exist: create it, or fix the name in the URL",
+    "AccessDenied": "check the credentials boto3 found (environment, ~/.aws, instance role) and the bucket policy",
+    "InvalidAccessKeyId": "check the credentials boto3 found (environment, ~/.aws, instance role)",
+    "SignatureDoesNotMatch": "check the secret key and the region",
+    "ExpiredToken": "the session credentials expired: refresh them",
+    "NotImplemented": "this store lacks conditional writes (If-None-Match / If-Match on PutObject), "
+    "which S3Backend needs: AWS S3 has them since 2024, as do recent MinIO and SeaweedFS",
+}
+
+
+class S3Error(SubstantialError):
+    """An S3 request failed for good: an error retrying cannot fix, or retries ran out."""
+
+    def __init__(self, operation: str, key: str, code: str, message: str) -> None:
+        self.operation = operation
+        self.key = key
+        self.code = code
+        hint = _HINTS.get(code, "")
+        super().__init__(f"S3 {operation} of {key!r} failed: {code}: {message}" + (f" ({hint})" if hint else ""))
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One stored object of a log: the records of versions [v_from, v_to) as of log object ``number``."""
+
+    kind: int
+    epoch: int  # number of the log object that began this generation of the log (a replace, or 0)
+    number: int
+    v_from: int
+    v_to: int
+    base: tuple[int, int] | None  # (end, version) of the base segment its writer knew
+    delta: tuple[int, int] | None  # (end, version) of the delta segment its writer knew
+    token: bytes
+    records: list[bytes]
+
+
+def _encode(piece: _Piece) -> bytes:
+    base, delta = piece.base or (-1, 0), piece.delta or (-1, 0)
+    head = _HEAD.pack(
+        _MAGIC, piece.kind, piece.epoch, piece.number, piece.v_from, piece.v_to, *base, *delta, piece.token,
+        len(piece.records),
+    )  # fmt: skip
+    body = b"".join([head, *(_LEN.pack(len(r)) + r for r in piece.records)])
+    return body + _LEN.pack(zlib.crc32(body))
+
+
+def _decode(data: bytes, key: str) -> _Piece:
+    if len(data) < _HEAD.size + _LEN.size or data[:4] != _MAGIC:
+        raise CorruptRecord(f"S3 object {key!r} is not a log object of this format")
+    (crc,) = _LEN.unpack_from(data, len(data) - _LEN.size)
+    if zlib.crc32(data[: -_LEN.size]) != crc:
+        raise CorruptRecord(f"S3 object {key!r} is damaged (checksum mismatch)")
+    _, kind, epoch, number, v_from, v_to, b_end, b_v, d_end, d_v, token, count = _HEAD.unpack_from(data)
+    records, offset = [], _HEAD.size
+    for _ in range(count):
+        (length,) = _LEN.unpack_from(data, offset)
+        records.append(data[offset + _LEN.size : offset + _LEN.size + length])
+        offset += _LEN.size + length
+    if offset != len(data) - _LEN.size or v_to - v_from != count:
+        raise CorruptRecord(f"S3 object {key!r} is damaged (its records do not add up)")
+    base = (b_end, b_v) if b_end >= 0 else None
+    delta = (d_end, d_v) if d_end >= 0 else None
+    return _Piece(kind, epoch, number, v_from, v_to, base, delta, token, records)
+
+
+def _stitch(pieces: Iterable[_Piece]) -> list[bytes] | None:
+    """The whole log from pieces: the newest piece, then older ones of its epoch back to version 0."""
+    pieces = list(pieces)
+    if not pieces:
+        return []
+    top = max(pieces, key=lambda p: (p.number, p.kind in (_APPEND, _REPLACE)))
+    same = [p for p in pieces if p.epoch == top.epoch]
+    chosen = [top]
+    while chosen[-1].v_from > 0:
+        start = chosen[-1].v_from
+        covering = [p for p in same if p.v_from < start <= p.v_to]
+        if not covering:
+            return None
+        chosen.append(min(covering, key=lambda p: p.v_from))
+    records: list[bytes] = []
+    for piece in reversed(chosen):  # pieces of one epoch agree wherever they overlap
+        records = records[: piece.v_from] + piece.records
+    return records
+
+
+@dataclass
+class _Chain:
+    """What a client knows of a run's log: its records, the next object number, its segments."""
+
+    epoch: int = 0
+    next_n: int = 0
+    records: list[bytes] = field(default_factory=list)
+    base: tuple[int, int] | None = None
+    delta: tuple[int, int] | None = None
+    window_objects: int = 0  # log objects written since the segment the window starts at
+    stale: set[str] = field(default_factory=set)  # segment keys superseded, to delete
+
+    @property
+    def version(self) -> int:
+        return len(self.records)
+
+    @property
+    def window_from(self) -> int:
+        """The version the next append's object starts at: the end of the newest segment known."""
+        return self.delta[1] if self.delta else self.base[1] if self.base else 0
+
+    def learn(self, piece: _Piece) -> None:
+        """Adopt the newer segments another writer knew, within this epoch."""
+        if piece.epoch != self.epoch:
+            return
+        if piece.base and (self.base is None or piece.base[0] > self.base[0]):
+            self.base, self.delta = piece.base, None
+        newer = piece.delta and (self.delta is None or piece.delta[0] > self.delta[0])
+        if piece.delta and newer and self.base and piece.delta[1] >= self.base[1]:
+            self.delta = piece.delta
+
+
+class _RunCache:
+    """A client's memory of one run: its log chain, lease and due pointers (with their ETags)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.chain: _Chain | None = None
+        self.lease: tuple[str, str, float] | None = None  # etag, owner, expiry
+        self.pointers: dict[str, tuple[str | None, str]] = {}  # queue -> (etag or None if absent, entry key)
+
+
+def _client_config() -> Any:
+    options: dict[str, Any] = {
+        "retries": {"mode": "standard", "total_max_attempts": 8},
+        "connect_timeout": 5,
+        "read_timeout": 30,
+        "max_pool_connections": 32,
+        "tcp_keepalive": True,
+    }
+    if "request_checksum_calculation" in Config.OPTION_DEFAULTS:  # botocore >= 1.36
+        # checksums only where S3 requires them: third-party stores reject the new trailers
+        options["request_checksum_calculation"] = "when_required"
+        options["response_checksum_validation"] = "when_required"
+    return Config(**options)
+
+
+class S3Backend(Backend):
+    """Runs stored as objects in ``bucket`` under ``prefix``.
+
+    Args:
+        bucket: an existing bucket.
+        prefix: a key prefix, so several stores can share a bucket.
+        client: a boto3 S3 client to use; otherwise one is made with boto3's
+            usual credential chain, ``endpoint_url`` and ``region``.
+        retry_for: seconds a request is retried (throttling, 5xx, timeouts,
+            connection errors) before ``S3Error`` is raised.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        client: Any = None,
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        retry_for: float = 60.0,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self._owns_client = client is None
+        self.client = client or boto3.session.Session().client(
+            "s3", endpoint_url=endpoint_url, region_name=region, config=_client_config()
+        )
+        # bodies are small: no "Expect: 100-continue", whose early replies (a 412, an empty PUT's 200)
+        # botocore mishandles on a reused connection, reading the next reply as that stale one
+        self.client.meta.events.register("before-send.s3", _no_expect_continue, unique_id="substantial-no-expect")
+        self.retry_for = retry_for
+        self._guard = threading.Lock()
+        self._runs: OrderedDict[str, _RunCache] = OrderedDict()
+        self._seen: OrderedDict[tuple[str, str], set[str]] = OrderedDict()  # entries a poll returned
+        self._scanned: dict[str, float] = {}
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix="substantial-s3")
+
+    def __repr__(self) -> str:
+        return f"S3Backend(bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    # -- requests ----------------------------------------------------------
+
+    def _call(self, operation: str, key: str, **kwargs: Any) -> Any:
+        """One request, retried with backoff on throttling, 5xx, timeouts and lost connections.
+
+        botocore retries each of these a few times itself; this adds a
+        deadline and the 409s of racing conditional writes. 412 and 404 go
+        back to the caller as ``ClientError``; anything else is ``S3Error``.
+        """
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.05
+        while True:
+            try:
+                return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
+            except ClientError as e:
+                code, status = _code(e), _status(e)
+                if status in (404, 412) and code not in ("NoSuchBucket",):
+                    raise
+                if code not in _RETRYABLE_CODES and status not in (500, 502, 503, 504):
+                    raise S3Error(operation, key, code, _message(e)) from e
+                error: Exception = e
+            except (ConnectionError, HTTPClientError) as e:
+                error = e
+            except NoCredentialsError as e:
+                raise S3Error(
+                    operation, key, "NoCredentials", f"{e}: set AWS_ACCESS_KEY_ID, a profile, or a role"
+                ) from e
+            except BotoCoreError as e:
+                raise S3Error(operation, key, type(e).__name__, str(e)) from e
+            if time.monotonic() + delay > deadline:
+                code = _code(error) if isinstance(error, ClientError) else type(error).__name__
+                raise S3Error(operation, key, code, f"still failing after {self.retry_for:.0f}s: {error}") from error
+            log.warning("S3 %s of %r failed (%s); retrying in %.2fs", operation, key, error, delay)
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, 5.0)
+
+    def _key(self, *parts: str) -> str:
+        return self.prefix + "/".join(parts)
+
+    def _get(self, key: str) -> tuple[bytes, str] | None:
+        """The object's body and ETag, or None if there is none."""
+        try:
+            reply = self._call("get_object", key, Key=key)
+        except ClientError as e:
+            if _status(e) == 404:
+                return None
+            raise S3Error("GetObject", key, _code(e), _message(e)) from e
+        return reply["Body"].read(), reply["ETag"]
+
+    def _put(self, key: str, body: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str | None:
+        """Write the object; its new ETag, or None if the condition did not hold."""
+        condition = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
+        try:
+            return str(self._call("put_object", key, Key=key, Body=body, **condition)["ETag"])
+        except ClientError as e:
+            if condition and _status(e) in (404, 412):  # If-Match on a missing object: 404 on AWS, 412 elsewhere
+                return None
+            raise S3Error("PutObject", key, _code(e), _message(e)) from e
+
+    def _list(self, prefix: str, *, after: str | None = None, page: int = 1000) -> Iterator[str]:
+        """Keys under ``prefix`` (after ``after``) in order, a page per request as they are consumed."""
+        kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page}
+        if after is not None:
+            kwargs["StartAfter"] = after
+        while True:
+            reply = self._call("list_objects_v2", prefix, **kwargs)
+            for item in reply.get("Contents", []):
+                yield item["Key"]
+            if not reply.get("IsTruncated"):
+                return
+            kwargs.pop("StartAfter", None)
+            kwargs["ContinuationToken"] = reply["NextContinuationToken"]
+
+    def _delete(self, keys: Iterable[str]) -> None:
+        """Remove these objects (missing ones are fine), a thousand per request."""
+        todo = list(dict.fromkeys(keys))
+        for start in range(0, len(todo), 1000):
+            batch = [{"Key": k} for k in todo[start : start + 1000]]
+            reply = self._call("delete_objects", batch[0]["Key"], Delete={"Objects": batch, "Quiet": True})
+            errors = reply.get("Errors", [])
+            if errors:
+                first = errors[0]
+                raise S3Error("DeleteObjects", first.get("Key", ""), first.get("Code", "?"), first.get("Message", ""))
+
+    def _map(self, f: Callable[[str], _T], keys: Sequence[str]) -> list[_T]:
+        """``f`` of each key, in parallel when there are several."""
+        if len(keys) <= 1:
+            return [f(k) for k in keys]
+        return list(self._pool.map(f, keys))
+
+    def _run(self, run_id: str) -> _RunCache:
+        check_run_id(run_id)
+        with self._guard:
+            cache = self._runs.get(run_id)
+            if cache is None:
+                cache = self._runs[run_id] = _RunCache()
+                if len(self._runs) > CACHED_RUNS:
+                    self._runs.popitem(last=False)
+            else:
+                self._runs.move_to_end(run_id)
+            return cache
+
+    # -- the log: reads ------------------------------------------------------
+
+    def _log_key(self, run_id: str, n: int) -> str:
+        return self._key("runs", run_id, "log", f"{n:016d}")
+
+    def _seg_key(self, run_id: str, end: int, kind: int) -> str:
+        return self._key("runs", run_id, "seg", f"{end:016d}" + (".base" if kind == _BASE else ".delta"))
+
+    def _piece(self, key: str) -> _Piece | None:
+        found = self._get(key)
+        return _decode(found[0], key) if found is not None else None
+
+    def _chain(self, run_id: str, cache: _RunCache) -> _Chain:
+        """The run's chain brought up to date: one LIST if this client knows the log, a cold read if not."""
+        cache.chain = self._read_cold(run_id) if cache.chain is None else self._refresh(run_id, cache.chain)
+        return cache.chain
+
+    def _refresh(self, run_id: str, chain: _Chain) -> _Chain:
+        """Objects written since the chain's last: one LIST, and a GET of the newest if there are any."""
+        after = self._log_key(run_id, chain.next_n - 1) if chain.next_n else None
+        keys = list(self._list(self._key("runs", run_id, "log/"), after=after))
+        if not keys:
+            return chain
+        top = self._piece(keys[-1])
+        if top is None or not (top.v_from == 0 or (top.epoch == chain.epoch and top.v_from <= chain.version)):
+            return self._read_cold(run_id)
+        records = top.records if top.v_from == 0 else chain.records[: top.v_from] + top.records
+        fresh = _Chain(top.epoch, top.number + 1, records, stale=chain.stale)
+        if top.epoch == chain.epoch:
+            fresh.base, fresh.delta = chain.base, chain.delta
+        fresh.learn(top)
+        fresh.window_objects = chain.window_objects + len(keys)
+        return fresh
+
+    def _read_cold(self, run_id: str) -> _Chain:
+        """A log this client knows nothing of: two LISTs, then up to three GETs in parallel.
+
+        The newest base segment, the newest delta over it and the newest log
+        object (which holds every record since the segment its writer knew)
+        make the whole log.
+        """
+        for _ in range(3):
+            segs = {key: _seg_of(key) for key in self._list(self._key("runs", run_id, "seg/"))}
+            last_end = max((end for end, _ in segs.values()), default=-1)
+            after = self._log_key(run_id, last_end) if last_end >= 0 else None
+            listed = self._list(self._key("runs", run_id, "log/"), after=after)
+            newest = next(iter(deque(listed, maxlen=1)), None)  # the newest object after the segments
+            base = max((k for k, (_, kind) in segs.items() if kind == _BASE), default=None)
+            base_end = segs[base][0] if base else -1
+            delta = max((k for k, (end, kind) in segs.items() if kind == _DELTA and end > base_end), default=None)
+            wanted = [k for k in (newest, base, delta) if k]
+            pieces = self._map(self._piece, wanted)
+            if any(p is None for p in pieces):
+                continue  # a segment was merged away after the listing
+            found = [p for p in pieces if p is not None]
+            if not found:
+                return _Chain()
+            records = _stitch(found)
+            if records is None:
+                records, found = self._walk_back(run_id, found)
+            return self._chain_of(run_id, found, records, segs)
+        records, found = self._walk_back(run_id, [])
+        return self._chain_of(run_id, found, records, {})
+
+    def _walk_back(self, run_id: str, found: list[_Piece]) -> tuple[list[bytes], list[_Piece]]:
+        """The slow path: read log objects from the newest back until they chain to version 0."""
+        keys = list(self._list(self._key("runs", run_id, "log/")))
+        have = {p.number for p in found if p.kind in (_APPEND, _REPLACE)}
+        todo = [k for k in reversed(keys) if int(k[-16:]) not in have]
+        while True:
+            records = _stitch(found)
+            if records is not None and found:
+                return records, found
+            if not todo:
+                if not found:
+                    return [], []
+                raise CorruptRecord(f"run {run_id!r}: its log objects do not chain back to the start")
+            batch, todo = todo[:8], todo[8:]
+            found = found + [p for p in self._map(self._piece, batch) if p is not None]
+
+    def _chain_of(
+        self, run_id: str, found: list[_Piece], records: list[bytes], segs: dict[str, tuple[int, int]]
+    ) -> _Chain:
+        if not found:
+            return _Chain()
+        top = max(found, key=lambda p: p.number)
+        chain = _Chain(top.epoch, top.number + 1, records)
+        for piece in sorted(found, key=lambda p: (p.number, p.kind)):
+            if piece.epoch != top.epoch:
+                continue
+            if piece.kind == _BASE:
+                chain.base, chain.delta = (piece.number, piece.v_to), None
+            elif piece.kind == _DELTA and chain.base is not None and piece.v_from <= chain.base[1]:
+                chain.delta = (piece.number, piece.v_to)
+            chain.learn(piece)
+        live = {self._seg_key(run_id, s[0], kind) for kind, s in ((_BASE, chain.base), (_DELTA, chain.delta)) if s}
+        chain.stale = set(segs) - live
+        window_end = chain.delta[0] if chain.delta else chain.base[0] if chain.base else top.epoch - 1
+        chain.window_objects = top.number - window_end
+        return chain
+
+    def read_log(self, run_id: str, after: int = 0) -> tuple[list[bytes], int]:
+        cache = self._run(run_id)
+        with cache.lock:
+            chain = self._chain(run_id, cache)
+            return chain.records[after:], chain.version
+
+    # -- the log: writes -----------------------------------------------------
+
+    def _create(self, key: str, piece: _Piece) -> bool:
+        """Create the object unless it exists; True if it now holds ``piece`` (a retried write may have landed)."""
+        if self._put(key, _encode(piece), if_none_match=True) is not None:
+            return True
+        there = self._piece(key)
+        return there is not None and there.token == piece.token
+
+    def append_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
+        cache = self._run(run_id)
+        with cache.lock:
+            chain = cache.chain
+            if chain is None or chain.version != expected_version or not records:
+                chain = self._chain(run_id, cache)
+            for _ in range(8):
+                if chain.version != expected_version:
+                    raise Conflict(f"run {run_id!r}: log is at version {chain.version}, not {expected_version}")
+                if not records:
+                    return chain.version
+                start = chain.window_from
+                piece = _Piece(
+                    _APPEND, chain.epoch, chain.next_n, start, chain.version + len(records), chain.base, chain.delta,
+                    uuid.uuid4().bytes, chain.records[start:] + list(records),
+                )  # fmt: skip
+                if self._create(self._log_key(run_id, chain.next_n), piece):
+                    chain.records.extend(records)
+                    chain.next_n += 1
+                    chain.window_objects += 1
+                    self._maybe_merge(run_id, chain)
+                    return chain.version
+                chain = cache.chain = self._refresh(run_id, chain)  # another writer took that number
+            raise Conflict(f"run {run_id!r}: the log kept moving under append at version {expected_version}")
+
+    def _maybe_merge(self, run_id: str, chain: _Chain) -> None:
+        """Merge the window into a segment once it is long; a failure only delays it."""
+        window = chain.records[chain.window_from :]
+        if chain.window_objects < MERGE_OBJECTS and sum(map(len, window)) < MERGE_BYTES:
+            return
+        try:
+            self._merge(run_id, chain)
+        except SubstantialError as e:
+            log.warning("run %s: merging its log objects failed, the next append tries again: %s", run_id, e)
+
+    def _merge(self, run_id: str, chain: _Chain) -> None:
+        """Write a delta (records since the base), or a new base once the delta outgrows half the base."""
+        end, base_v = chain.next_n - 1, chain.base[1] if chain.base else 0
+        since_base = sum(map(len, chain.records[base_v:]))
+        kind = _DELTA if chain.base and 2 * since_base <= sum(map(len, chain.records[:base_v])) else _BASE
+        start = base_v if kind == _DELTA else 0
+        base = chain.base if kind == _DELTA else None
+        piece = _Piece(
+            kind, chain.epoch, end, start, chain.version, base, None, uuid.uuid4().bytes, chain.records[start:]
+        )
+        self._put(self._seg_key(run_id, end, kind), _encode(piece), if_none_match=True)  # exists: the same records
+        if chain.delta:
+            chain.stale.add(self._seg_key(run_id, chain.delta[0], _DELTA))
+        if kind == _BASE:
+            if chain.base:
+                chain.stale.add(self._seg_key(run_id, chain.base[0], _BASE))
+            chain.base, chain.delta = (end, chain.version), None
+        else:
+            chain.delta = (end, chain.version)
+        chain.window_objects = 0
+        if len(chain.stale) >= 4:
+            self._delete(sorted(chain.stale))
+            chain.stale.clear()
+
+    def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
+        cache = self._run(run_id)
+        with cache.lock:
+            chain = self._chain(run_id, cache)
+            for _ in range(8):
+                if chain.version != expected_version:
+                    raise Conflict(f"run {run_id!r}: log is at version {chain.version}, not {expected_version}")
+                if self._start_epoch(run_id, cache, chain, list(records)):
+                    return len(records)
+                chain = cache.chain = self._refresh(run_id, chain)
+            raise Conflict(f"run {run_id!r}: the log kept moving under replace at version {expected_version}")
+
+    def _start_epoch(self, run_id: str, cache: _RunCache, chain: _Chain, records: list[bytes]) -> bool:
+        """Write a replace object (a new generation of the log) and a base segment of it."""
+        n = chain.next_n
+        piece = _Piece(_REPLACE, n, n, 0, len(records), None, None, uuid.uuid4().bytes, records)
+        if not self._create(self._log_key(run_id, n), piece):
+            return False
+        fresh = _Chain(n, n + 1, list(records), stale=set(chain.stale))
+        fresh.stale.update(self._seg_key(run_id, s[0], k) for k, s in ((_BASE, chain.base), (_DELTA, chain.delta)) if s)
+        if records:  # so later appends hold only their own records; if this is lost, the first merge writes one
+            base = replace(piece, kind=_BASE, token=uuid.uuid4().bytes)
+            try:
+                self._put(self._seg_key(run_id, n, _BASE), _encode(base), if_none_match=True)
+                fresh.base = (n, len(records))
+            except SubstantialError as e:
+                log.warning("run %s: writing the base segment of its replaced log failed: %s", run_id, e)
+        cache.chain = fresh
+        return True
+
+    # -- the inbox -----------------------------------------------------------
+
+    def post(self, queue: str, run_id: str, message: Message) -> None:
+        """Marker, message, due entry (with its pointer), then the marker goes.
+
+        A poster that dies between any two writes leaves its marker; a poll
+        that finds a marker older than ``POSTING_GRACE`` marks its run due, so
+        a message that was written always leads to a turn.
+        """
+        for name in (queue, run_id, message.id):
+            check_run_id(name)
+        marker = self._key("posting", queue, f"{time.time_ns():020d}~{uuid.uuid4().hex[:12]}~{run_id}")
+        self._put(marker, b"")
+        stamped = _STAMP.pack(time.time_ns()) + message.body
+        self._put(
+            self._key("runs", run_id, "inbox", message.id), stamped, if_none_match=True
+        )  # a retry keeps the first
+        self._set_due(queue, run_id, time.time(), also_delete=[marker])
+
+    def take_inbox(self, run_id: str) -> list[Message]:
+        check_run_id(run_id)
+        prefix = self._key("runs", run_id, "inbox/")
+        keys = list(self._list(prefix))
+        found = []
+        for key, got in zip(keys, self._map(self._get, keys), strict=True):
+            if got is not None and len(got[0]) >= _STAMP.size:
+                found.append((_STAMP.unpack_from(got[0])[0], key[len(prefix) :], got[0][_STAMP.size :]))
+        return [Message(message_id, body) for _, message_id, body in sorted(found)]
+
+    def ack(self, run_id: str, ids: Iterable[str]) -> None:
+        check_run_id(run_id)
+        self._delete(self._key("runs", run_id, "inbox", check_run_id(i)) for i in ids)
+
+    # -- the due index -----------------------------------------------------
+
+    def _entry_key(self, queue: str, run_id: str, due_at: float) -> str:
+        return self._key("due", queue, f"{max(int(due_at * 1e6), 0):017d}-{run_id}")
+
+    def _pointer(self, run_id: str, queue: str) -> tuple[str | None, str]:
+        """The ETag of the run's due pointer on ``queue`` (None if absent) and the entry it names."""
+        got = self._get(self._key("runs", run_id, f"due.{queue}"))
+        return (got[1], got[0].decode()) if got is not None else (None, "")
+
+    def _set_due(self, queue: str, run_id: str, due_at: float | None, also_delete: Iterable[str] = ()) -> None:
+        """Point the run at a new entry (or none), write that entry, then remove the old ones.
+
+        The pointer is replaced with If-Match, so of two racing moves the
+        second sees the first's entry and removes it. An entry is written only
+        once a pointer names it, and the old one goes only after the new one
+        exists: a crash in between leaves an extra entry (a spurious turn,
+        after which it goes), never none.
+        """
+        check_run_id(queue)
+        cache = self._run(run_id)
+        new = self._entry_key(queue, run_id, due_at) if due_at is not None else ""
+        pointer = self._key("runs", run_id, f"due.{queue}")
+        with cache.lock:
+            etag, old = cache.pointers.get(queue) or self._pointer(run_id, queue)
+            while True:
+                if etag is None and not new:
+                    written: str | None = None
+                    break  # no pointer and nothing to point at
+                written = self._put(pointer, new.encode(), if_match=etag, if_none_match=etag is None)
+                if written is not None:
+                    break
+                etag, old = self._pointer(run_id, queue)
+            cache.pointers[queue] = (written, new) if written else (None, "")
+        if new:
+            self._put(new, run_id.encode())
+        with self._guard:
+            seen = self._seen.pop((queue, run_id), set())
+        self._delete(k for k in (old, *seen, *also_delete) if k and k != new)
+
+    def schedule(self, queue: str, run_id: str, due_at: float) -> None:
+        self._set_due(queue, run_id, due_at)
+
+    def unschedule(self, queue: str, run_id: str) -> None:
+        self._set_due(queue, run_id, None)
+
+    def due(self, queue: str, now: float, limit: int) -> list[str]:
+        """One LIST of the queue's entries from the earliest (plus, every few seconds, one of post markers)."""
+        check_run_id(queue)
+        self._recover_posts(queue, now)
+        prefix, cutoff = self._key("due", queue, ""), max(int(now * 1e6), 0)
+        found: dict[str, None] = {}
+        if limit <= 0:
+            return []
+        for key in self._list(prefix, page=min(1000, 2 * limit + 8)):
+            name = key[len(prefix) :]
+            if int(name[:17]) > cutoff:
+                break
+            run_id = name[18:]
+            with self._guard:  # remembered so this run's next move removes it, even if no pointer names it
+                self._seen.setdefault((queue, run_id), set()).add(key)
+                self._seen.move_to_end((queue, run_id))
+                if len(self._seen) > 4 * CACHED_RUNS:
+                    self._seen.popitem(last=False)
+            found[run_id] = None
+            if len(found) >= limit:
+                break
+        return list(found)
+
+    def _recover_posts(self, queue: str, now: float) -> None:
+        """Mark due the runs of posts whose poster died mid-way (markers older than the grace)."""
+        last = self._scanned.get(queue)
+        if last is not None and abs(now - last) < POSTING_SCAN_EVERY:
+            return
+        self._scanned[queue] = now
+        prefix, cutoff = self._key("posting", queue, ""), int((now - POSTING_GRACE) * 1e9)
+        for key in list(self._list(prefix)):
+            stamp, _, run_id = key[len(prefix) :].split("~", 2)
+            if int(stamp) > cutoff:
+                break
+            log.warning("run %s: a post to it was interrupted; marking it due", run_id)
+            self._set_due(queue, run_id, now, also_delete=[key])
+
+    # -- leases --------------------------------------------------------------
+
+    def _lease(self, run_id: str) -> tuple[str, str, float] | None:
+        got = self._get(self._key("runs", run_id, "lease"))
+        if got is None:
+            return None
+        owner, _, expires = got[0].decode().rpartition("\n")
+        return got[1], owner, float(expires)
+
+    def _swap_lease(self, run_id: str, decide: Callable[[str, float], tuple[str, float] | None]) -> bool:
+        """Replace the lease with ``decide(owner, expiry)`` (``("", 0)`` when free) if that gives one.
+
+        The cached state is trusted only to try a write (If-Match fails if it
+        is stale); a refusal is always decided on a fresh read.
+        """
+        cache = self._run(run_id)
+        key = self._key("runs", run_id, "lease")
+        with cache.lock:
+            state, fresh = cache.lease, False
+            for _ in range(16):
+                if state is None and not fresh:
+                    state, fresh = self._lease(run_id), True
+                etag, owner, expires = state if state is not None else (None, "", 0.0)
+                new = decide(owner, expires)
+                if new is None:
+                    if fresh:
+                        cache.lease = state
+                        return False
+                    state = None  # the cache said no: ask the store
+                    continue
+                body = f"{new[0]}\n{new[1]!r}".encode()
+                written = self._put(key, body, if_match=etag, if_none_match=etag is None)
+                if written is not None:
+                    cache.lease = (written, *new)
+                    return True
+                state, fresh = None, False
+            return False
+
+    def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        def decide(held_by: str, expires: float) -> tuple[str, float] | None:
+            now = time.time()
+            return (owner, now + ttl) if held_by in ("", owner) or expires <= now else None
+
+        return self._swap_lease(run_id, decide)
+
+    def renew_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        def decide(held_by: str, expires: float) -> tuple[str, float] | None:
+            now = time.time()
+            return (owner, now + ttl) if held_by == owner and expires > now else None
+
+        return self._swap_lease(run_id, decide)
+
+    def release_lease(self, run_id: str, owner: str) -> None:
+        self._swap_lease(run_id, lambda held_by, _: ("", 0.0) if held_by == owner else None)
+
+    # -- visibility and retention ------------------------------------------
+
+    def write_info(self, run_id: str, info: bytes) -> None:
+        self._put(self._key("info", check_run_id(run_id)), info)
+
+    def read_info(self, run_id: str) -> bytes | None:
+        got = self._get(self._key("info", check_run_id(run_id)))
+        return got[0] if got is not None else None
+
+    def list_runs(self, *, after: str | None = None, limit: int = 100) -> list[str]:
+        if limit <= 0:
+            return []
+        prefix = self._key("info", "")
+        ids = []
+        for key in self._list(prefix, after=prefix + after if after is not None else None, page=min(limit, 1000)):
+            ids.append(key[len(prefix) :])
+            if len(ids) >= limit:
+                break
+        return ids
+
+    def delete_run(self, run_id: str) -> None:
+        """Remove everything but one empty replace object (a tombstone that fences stale appenders).
+
+        A worker that still thinks it holds the run then fails its next
+        append with ``Conflict`` instead of writing into a deleted log.
+        """
+        cache = self._run(run_id)
+        with cache.lock:
+            chain = self._chain(run_id, cache)
+            keep = None
+            if chain.next_n > 0:
+                while chain.version > 0 and not self._start_epoch(run_id, cache, chain, []):
+                    chain = cache.chain = self._refresh(run_id, chain)
+                keep = self._log_key(run_id, cache.chain.next_n - 1 if cache.chain else 0)
+            keys = list(self._list(self._key("runs", run_id, "")))
+            pointers = [k for k in keys if k.rsplit("/", 1)[1].startswith("due.")]
+            entries = [got[0].decode() for got in self._map(self._get, pointers) if got is not None]
+            with self._guard:
+                for queue_run in [qr for qr in self._seen if qr[1] == run_id]:
+                    entries += self._seen.pop(queue_run)
+            self._delete(e for e in entries if e)
+            self._delete([k for k in keys if k != keep] + [self._key("info", run_id)])
+            cache.lease, cache.pointers = None, {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        if self._owns_client:
+            self.client.close()
+
+
+def _no_expect_continue(request: Any, **_: Any) -> None:
+    if "Expect" in request.headers:
+        del request.headers["Expect"]
+
+
+def _seg_of(key: str) -> tuple[int, int]:
+    name = key.rsplit("/", 1)[1]
+    return int(name[:16]), _SEG_KINDS[name[16:]]
+
+
+def _code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", "Unknown"))
+
+
+def _status(error: ClientError) -> int:
+    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _message(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Message", "")) or str(error)
