@@ -123,7 +123,7 @@ def test_a_waiting_run_resumes_when_the_worker_starts_again(
     assert capsys.readouterr().out.count("step charge: order o-1") == 1  # recorded: not run again
 
 
-def test_start_worker_restarts_a_stopped_worker(store: dict[str, Any]) -> None:
+def test_start_worker_restarts_a_stopped_worker(store: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
     from substantial.contrib.django import get_conductor, start_worker, stop_worker
 
     c = client()
@@ -133,8 +133,9 @@ def test_start_worker_restarts_a_stopped_worker(store: dict[str, Any]) -> None:
     get_conductor().get("order-o-1").send("approval", False)
     worker = start_worker()
     assert start_worker() is worker
-    done = wait_until(lambda: (s := order_state(c, "o-1"))["status"] == "completed" and s, what="completion")
-    assert done["result"]["refund"] == "refund-charge-o-1-30"
+    done = wait_until(lambda: (s := order_state(c, "o-1"))["status"] == "reverted" and s, what="the revert")
+    assert done["result"] is None
+    assert capsys.readouterr().out.count("step refund: order o-1") == 1  # the charge's compensation
 
 
 def test_run_worker_false_keeps_the_worker_out_of_the_web_process(store: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The order workflow of the Django example: charge, wait for an approval, then ship or refund.
+"""The order workflow of the Django example: charge, wait for an approval, then ship, or refund and revert.
 
 The steps stand in for calls to a payment provider and a warehouse; each
 prints the process it runs in, so you can see that a recorded step does not
@@ -18,9 +18,9 @@ def charge_card(order_id: str, amount: int) -> str:
     return f"charge-{order_id}-{amount}"
 
 
-def refund(order_id: str, charge: str) -> str:
-    print(f"step refund: order {order_id}, {charge} (process {os.getpid()})", flush=True)
-    return f"refund-{charge}"
+def refund(order_id: str) -> str:
+    print(f"step refund: order {order_id} (process {os.getpid()})", flush=True)
+    return f"refund-{order_id}"
 
 
 def ship(order_id: str) -> str:
@@ -30,13 +30,14 @@ def ship(order_id: str) -> str:
 
 @workflow()
 def order(c: Context, order_id: str, amount: int):
-    charge = yield c.save(lambda: charge_card(order_id, amount), retry=Retry(max_attempts=5))
+    charge = yield c.save(
+        lambda: charge_card(order_id, amount), compensate_with=lambda: refund(order_id), retry=Retry(max_attempts=5)
+    )
     try:
         approved = yield c.receive("approval", timeout=timedelta(days=7))  # no thread is held meanwhile
     except TimeoutError:
         approved = False
     if not approved:
-        refunded = yield c.save(lambda: refund(order_id, charge))
-        return {"order": order_id, "approved": False, "charge": charge, "refund": refunded}
+        yield c.revert()  # runs the compensations (the refund); the run ends reverted
     shipment = yield c.save(lambda: ship(order_id))
     return {"order": order_id, "approved": True, "charge": charge, "shipment": shipment}
