@@ -201,7 +201,7 @@ class _RunCache:
         self.lock = threading.Lock()
         self.chain: _Chain | None = None
         self.lease: tuple[str, str, float] | None = None  # etag, owner, expiry
-        self.pointers: dict[str, tuple[str | None, str]] = {}  # queue -> (etag or None if absent, entry key)
+        self.pointers: dict[str, tuple[str | None, list[str]]] = {}  # queue -> (etag or None, entry keys)
 
 
 def _client_config() -> Any:
@@ -605,40 +605,45 @@ class S3Backend(Backend):
     def _entry_key(self, queue: str, run_id: str, due_at: float) -> str:
         return self._key("due", queue, f"{max(int(due_at * 1e6), 0):017d}-{run_id}")
 
-    def _pointer(self, run_id: str, queue: str) -> tuple[str | None, str]:
-        """The ETag of the run's due pointer on ``queue`` (None if absent) and the entry it names."""
+    def _pointer(self, run_id: str, queue: str) -> tuple[str | None, list[str]]:
+        """The ETag of the run's due pointer on ``queue`` (None if absent), its entry and the one before."""
         got = self._get(self._key("runs", run_id, f"due.{queue}"))
-        return (got[1], got[0].decode()) if got is not None else (None, "")
+        return (got[1], got[0].decode().split("\n")) if got is not None else (None, [])
 
     def _set_due(self, queue: str, run_id: str, due_at: float | None, also_delete: Iterable[str] = ()) -> None:
         """Point the run at a new entry (or none), write that entry, then remove the old ones.
 
         The pointer is replaced with If-Match, so of two racing moves the
-        second sees the first's entry and removes it. An entry is written only
-        once a pointer names it, and the old one goes only after the new one
-        exists: a crash in between leaves an extra entry (a spurious turn,
-        after which it goes), never none.
+        second sees the first's entry and removes it. It names the new entry
+        and the one it replaces: an entry is written only once a pointer names
+        it, and removed only after the next one exists, so a crash between
+        any two writes leaves an extra entry that the next move removes (or,
+        after two crashes in a row, a spurious turn), never none.
         """
         check_run_id(queue)
         cache = self._run(run_id)
         new = self._entry_key(queue, run_id, due_at) if due_at is not None else ""
         pointer = self._key("runs", run_id, f"due.{queue}")
         with cache.lock:
-            etag, old = cache.pointers.get(queue) or self._pointer(run_id, queue)
+            known = cache.pointers.get(queue)
+            if known is None and not new:
+                known = self._pointer(run_id, queue)
+            etag, old = known or (None, [])  # unknown: try creating it (a new run), a 412 says otherwise
             while True:
                 if etag is None and not new:
                     written: str | None = None
                     break  # no pointer and nothing to point at
-                written = self._put(pointer, new.encode(), if_match=etag, if_none_match=etag is None)
+                body = "\n".join([new, *old[:1]]).encode()
+                written = self._put(pointer, body, if_match=etag, if_none_match=etag is None)
                 if written is not None:
                     break
                 etag, old = self._pointer(run_id, queue)
-            cache.pointers[queue] = (written, new) if written else (None, "")
+            cache.pointers[queue] = (written, [new, *old[:1]]) if written else (None, [])
         if new:
             self._put(new, run_id.encode())
         with self._guard:
             seen = self._seen.pop((queue, run_id), set())
-        self._delete(k for k in (old, *seen, *also_delete) if k and k != new)
+        self._delete(k for k in (*old, *seen, *also_delete) if k and k != new)
 
     def schedule(self, queue: str, run_id: str, due_at: float) -> None:
         self._set_due(queue, run_id, due_at)
@@ -695,30 +700,28 @@ class S3Backend(Backend):
     def _swap_lease(self, run_id: str, decide: Callable[[str, float], tuple[str, float] | None]) -> bool:
         """Replace the lease with ``decide(owner, expiry)`` (``("", 0)`` when free) if that gives one.
 
-        The cached state is trusted only to try a write (If-Match fails if it
-        is stale); a refusal is always decided on a fresh read.
+        The cached state (or, if there is none, no lease) is trusted only to
+        try a write, which its condition refuses if it is stale; a refusal is
+        always decided on a fresh read.
         """
         cache = self._run(run_id)
         key = self._key("runs", run_id, "lease")
         with cache.lock:
-            state, fresh = cache.lease, False
+            state, fresh = cache.lease, False  # unknown: try creating it, a 412 says otherwise
             for _ in range(16):
-                if state is None and not fresh:
-                    state, fresh = self._lease(run_id), True
                 etag, owner, expires = state if state is not None else (None, "", 0.0)
                 new = decide(owner, expires)
-                if new is None:
-                    if fresh:
-                        cache.lease = state
-                        return False
-                    state = None  # the cache said no: ask the store
-                    continue
-                body = f"{new[0]}\n{new[1]!r}".encode()
-                written = self._put(key, body, if_match=etag, if_none_match=etag is None)
-                if written is not None:
-                    cache.lease = (written, *new)
-                    return True
-                state, fresh = None, False
+                if new is None and fresh:
+                    cache.lease = state
+                    return False
+                if new is not None:
+                    written = self._put(
+                        key, f"{new[0]}\n{new[1]!r}".encode(), if_match=etag, if_none_match=etag is None
+                    )
+                    if written is not None:
+                        cache.lease = (written, *new)
+                        return True
+                state, fresh = self._lease(run_id), True  # a refusal or a failed write: ask the store
             return False
 
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
@@ -774,7 +777,7 @@ class S3Backend(Backend):
                 keep = self._log_key(run_id, cache.chain.next_n - 1 if cache.chain else 0)
             keys = list(self._list(self._key("runs", run_id, "")))
             pointers = [k for k in keys if k.rsplit("/", 1)[1].startswith("due.")]
-            entries = [got[0].decode() for got in self._map(self._get, pointers) if got is not None]
+            entries = [e for got in self._map(self._get, pointers) if got for e in got[0].decode().split("\n")]
             with self._guard:
                 for queue_run in [qr for qr in self._seen if qr[1] == run_id]:
                     entries += self._seen.pop(queue_run)
