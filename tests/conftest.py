@@ -24,9 +24,20 @@ def backends() -> dict[str, str]:
     return found
 
 
+def conformance_only() -> set[str]:
+    """Backends that run the conformance suite (tests/backends) but not the workflow tests."""
+    names: set[str] = set()
+    for name in SERVERS:
+        names |= set(getattr(sys.modules[f"servers.{name}"], "CONFORMANCE_ONLY", ()))
+    return names
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend_stores" in metafunc.fixturenames:
-        metafunc.parametrize("backend_stores", sorted(backends()), indirect=True)
+        names = sorted(backends())
+        if Path(str(metafunc.path)).parent.name != "backends":
+            names = [n for n in names if n not in conformance_only()]
+        metafunc.parametrize("backend_stores", names, indirect=True)
 
 
 @pytest.fixture(params=[1024, 0], ids=["cache-on", "cache-off"])

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from substantial import Conductor, Context, Retry, RunCancelled, RunStatus, StepFailed, workflow
+from substantial.backends import MemoryBackend
 
 effects: Counter[str] = Counter()
 
@@ -115,17 +116,20 @@ def test_sleep_does_not_resume_before_its_time(conductor: Conductor, run_worker:
     assert 0.5 <= conductor.start(wf).result(timeout=10) < 5
 
 
-def test_sleeping_runs_hold_no_thread(conductor: Conductor, run_worker: Any) -> None:
+def test_sleeping_runs_hold_no_thread(cache_size: int) -> None:
+    """A property of the worker, measured where storage adds least: the memory backend."""
+
     @workflow()
     def sleeper(c: Context, i: int) -> Any:
         yield c.sleep(1)
         return i
 
+    conductor = Conductor(MemoryBackend())
     conductor.register(sleeper)
     began = time.monotonic()
     runs = [conductor.start(sleeper, i) for i in range(500)]
-    run_worker(threads=4)
-    assert [r.result(timeout=30) for r in runs] == list(range(500))
+    with conductor.run(4, cache_size=cache_size, poll_interval=0.05):
+        assert [r.result(timeout=30) for r in runs] == list(range(500))
     # 500 one-second sleeps on 4 threads: only possible if no thread waits them out
     assert time.monotonic() - began < 10
 
