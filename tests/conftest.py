@@ -35,7 +35,7 @@ def conformance_only() -> set[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend_stores" in metafunc.fixturenames:
         names = sorted(backends())
-        if Path(str(metafunc.path)).parent.name != "backends":
+        if Path(str(metafunc.definition.path)).parent.name != "backends":
             names = [n for n in names if n not in conformance_only()]
         metafunc.parametrize("backend_stores", names, indirect=True)
 
