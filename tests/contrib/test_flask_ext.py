@@ -169,7 +169,8 @@ def test_a_forked_process_starts_its_own_worker(
 
 
 def test_run_worker_false_keeps_the_worker_out_of_the_web_process(make_app: MakeApp) -> None:
-    app = make_app(SUBSTANTIAL_RUN_WORKER="false")  # as a config file or the environment may give it
+    app = make_app(SUBSTANTIAL_RUN_WORKER="false", SUBSTANTIAL_QUEUES="default")  # as a config file may give them
+    assert embedded_worker(app).queues == ["default"]
     client = app.test_client()
     assert client.post("/orders", json={"order_id": "o-1", "amount": 30}).status_code == 202
     assert embedded_worker(app).worker is None

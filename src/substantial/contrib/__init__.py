@@ -67,6 +67,8 @@ class EmbeddedWorker:
             raise ValueError(f"threads must be at least 1, got {threads}")
         self.conductor = conductor
         self.threads = threads
+        if isinstance(queues, str):
+            queues = [queues]  # one queue named in a config file
         self.queues = sorted(queues) if queues is not None else None
         self.stop_timeout = stop_timeout
         self._lock = threading.Lock()

@@ -24,19 +24,16 @@
 
 Configuration, from ``app.config``:
 
-=========================== =====================================================
-``SUBSTANTIAL_URL``         the backend (default: ``$SUBSTANTIAL_URL``, else
-                            ``file:.substantial``); leave it unset when passing
-                            ``conductor=``
-``SUBSTANTIAL_THREADS``     turns the worker runs at once (default 8)
-``SUBSTANTIAL_RUN_WORKER``  whether the processes that serve this app run a
-                            worker (default True); False when workers run apart
-                            (``flask substantial worker``, ``substantial worker``)
-``SUBSTANTIAL_QUEUES``      queues the worker serves (default: those of the
-                            registered workflows)
-``SUBSTANTIAL_STOP_TIMEOUT`` seconds the worker lets its turns finish when the
-                            process exits (default 10)
-=========================== =====================================================
+- ``SUBSTANTIAL_URL``: the backend (default: ``$SUBSTANTIAL_URL``, else
+  ``file:.substantial``); leave it unset when passing ``conductor=``.
+- ``SUBSTANTIAL_THREADS``: turns the worker runs at once (default 8).
+- ``SUBSTANTIAL_RUN_WORKER``: whether the processes that serve this app run a
+  worker (default True); False when workers run apart (``flask substantial
+  worker``, ``substantial worker``).
+- ``SUBSTANTIAL_QUEUES``: the queues the worker serves (default: those of the
+  registered workflows).
+- ``SUBSTANTIAL_STOP_TIMEOUT``: seconds the worker lets its turns finish when
+  the process exits (default 10).
 
 The worker starts at the first request a process serves, never at import:
 so not in the Werkzeug reloader's parent (only its child serves), and never
