@@ -183,6 +183,11 @@ class _Chain:
         """The version the next append's object starts at: the end of the newest segment known."""
         return self.delta[1] if self.delta else self.base[1] if self.base else 0
 
+    @property
+    def window_end(self) -> int:
+        """The last log object the newest segment known covers (the one before the epoch if none)."""
+        return self.delta[0] if self.delta else self.base[0] if self.base else self.epoch - 1
+
     def learn(self, piece: _Piece) -> None:
         """Adopt the newer segments another writer knew, within this epoch."""
         if piece.epoch != self.epoch:
@@ -262,37 +267,39 @@ class S3Backend(Backend):
 
     # -- requests ----------------------------------------------------------
 
-    def _call(self, operation: str, key: str, **kwargs: Any) -> Any:
-        """One request, retried with backoff on throttling, 5xx, timeouts and lost connections.
+    def _call(
+        self, operation: str, key: str, *, then: Callable[[Any], Any] = lambda reply: reply, **kwargs: Any
+    ) -> Any:
+        """One request (and ``then`` of its reply, such as reading its body), retried with backoff.
 
-        botocore retries each of these a few times itself; this adds a
-        deadline and the 409s of racing conditional writes. 412 and 404 go
-        back to the caller as ``ClientError``; anything else is ``S3Error``.
+        botocore retries throttling, 5xx, timeouts and lost connections a
+        few times itself; this adds a deadline, the 409s of racing
+        conditional writes and bodies cut short. 412 and 404 go back to the
+        caller as ``ClientError``; anything else is ``S3Error``.
         """
+        name = self.client.meta.method_to_api_mapping.get(operation, operation)
         deadline = time.monotonic() + self.retry_for
         delay = 0.05
         while True:
             try:
-                return getattr(self.client, operation)(Bucket=self.bucket, **kwargs)
+                return then(getattr(self.client, operation)(Bucket=self.bucket, **kwargs))
             except ClientError as e:
                 code, status = _code(e), _status(e)
-                if status in (404, 412) and code not in ("NoSuchBucket",):
+                if status in (404, 412) and code != "NoSuchBucket":
                     raise
                 if code not in _RETRYABLE_CODES and status not in (500, 502, 503, 504):
-                    raise S3Error(operation, key, code, _message(e)) from e
+                    raise S3Error(name, key, code, _message(e)) from e
                 error: Exception = e
             except (ConnectionError, HTTPClientError) as e:
                 error = e
             except NoCredentialsError as e:
-                raise S3Error(
-                    operation, key, "NoCredentials", f"{e}: set AWS_ACCESS_KEY_ID, a profile, or a role"
-                ) from e
+                raise S3Error(name, key, "NoCredentials", f"{e}: set AWS_ACCESS_KEY_ID, a profile, or a role") from e
             except BotoCoreError as e:
-                raise S3Error(operation, key, type(e).__name__, str(e)) from e
+                raise S3Error(name, key, type(e).__name__, str(e)) from e
             if time.monotonic() + delay > deadline:
                 code = _code(error) if isinstance(error, ClientError) else type(error).__name__
-                raise S3Error(operation, key, code, f"still failing after {self.retry_for:.0f}s: {error}") from error
-            log.warning("S3 %s of %r failed (%s); retrying in %.2fs", operation, key, error, delay)
+                raise S3Error(name, key, code, f"still failing after {self.retry_for:.0f}s: {error}") from error
+            log.warning("S3 %s of %r failed (%s); retrying in %.2fs", name, key, error, delay)
             time.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, 5.0)
 
@@ -302,16 +309,18 @@ class S3Backend(Backend):
     def _get(self, key: str) -> tuple[bytes, str] | None:
         """The object's body and ETag, or None if there is none."""
         try:
-            reply = self._call("get_object", key, Key=key)
+            found: tuple[bytes, str] = self._call(
+                "get_object", key, Key=key, then=lambda reply: (reply["Body"].read(), reply["ETag"])
+            )
         except ClientError as e:
             if _status(e) == 404:
                 return None
             raise S3Error("GetObject", key, _code(e), _message(e)) from e
-        return reply["Body"].read(), reply["ETag"]
+        return found
 
     def _put(self, key: str, body: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str | None:
         """Write the object; its new ETag, or None if the condition did not hold."""
-        condition = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
+        condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
         try:
             return str(self._call("put_object", key, Key=key, Body=body, **condition)["ETag"])
         except ClientError as e:
@@ -393,7 +402,7 @@ class S3Backend(Backend):
         if top.epoch == chain.epoch:
             fresh.base, fresh.delta = chain.base, chain.delta
         fresh.learn(top)
-        fresh.window_objects = chain.window_objects + len(keys)
+        fresh.window_objects = top.number - fresh.window_end
         return fresh
 
     def _read_cold(self, run_id: str) -> _Chain:
@@ -459,8 +468,7 @@ class S3Backend(Backend):
             chain.learn(piece)
         live = {self._seg_key(run_id, s[0], kind) for kind, s in ((_BASE, chain.base), (_DELTA, chain.delta)) if s}
         chain.stale = set(segs) - live
-        window_end = chain.delta[0] if chain.delta else chain.base[0] if chain.base else top.epoch - 1
-        chain.window_objects = top.number - window_end
+        chain.window_objects = top.number - chain.window_end
         return chain
 
     def read_log(self, run_id: str, after: int = 0) -> tuple[list[bytes], int]:
