@@ -47,10 +47,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, cast
 
-import click
-from flask import Flask, current_app
-from flask.cli import with_appcontext
-from werkzeug.local import LocalProxy
+try:
+    import click
+    from flask import Flask, current_app
+    from flask.cli import with_appcontext
+    from werkzeug.local import LocalProxy
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"substantial.contrib.flask needs Flask ({e}): pip install 'substantial[flask]'") from e
 
 from substantial.conductor import Conductor
 from substantial.contrib import FOREGROUND_STOP_TIMEOUT, STOP_TIMEOUT, EmbeddedWorker, log_to_stderr, run_in_foreground

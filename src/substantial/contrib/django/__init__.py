@@ -33,9 +33,12 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-from django.utils.module_loading import import_string
+try:
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+    from django.utils.module_loading import import_string
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError(f"substantial.contrib.django needs Django ({e}): pip install 'substantial[django]'") from e
 
 from substantial.conductor import Conductor
 from substantial.contrib import STOP_TIMEOUT, EmbeddedWorker
