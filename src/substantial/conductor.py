@@ -138,6 +138,7 @@ class Conductor:
         self, queue: str, run_id: str, message_id: str, record: ev.RunStarted | ev.EventReceived | ev.CancelRequested
     ) -> None:
         self.backend.post(queue, run_id, Message(message_id, ev.encode_message(record)))
+        self._workers = [worker for worker in self._workers if not worker.stopped]
         for worker in self._workers:
             worker.wake()
 

@@ -127,6 +127,10 @@ class Worker:
         """Look for due runs now (a start or send was just posted)."""
         self._wake.set()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set()
+
     def stop(self, timeout: float | None = None) -> bool:
         """Stop taking runs and wait up to ``timeout`` for turns in progress.
 
