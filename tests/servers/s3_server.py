@@ -46,8 +46,7 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
 # moto checks If-None-Match / If-Match, then writes, with nothing held between the
 # two (moto/s3/responses.py, put_object), and its server is threaded: two racing
 # conditional writes could both succeed. Serving one request at a time makes the
-# check and the write atomic, as they are on a real store. Responses of unknown
-# length get a Content-Length, so that the connection is kept alive.
+# check and the write atomic, as they are on a real store.
 MOTO_LAUNCHER = """
 import os, sys, threading
 from werkzeug.serving import run_simple
@@ -59,14 +58,8 @@ app = DomainDispatcherApplication(create_backend_app)
 lock = threading.Lock()
 
 def serialized(environ, start_response):
-    started = []
     with lock:
-        body = b"".join(app(environ, lambda status, headers, exc_info=None: started.append((status, headers))))
-    status, headers = started[0]
-    if not any(name.lower() == "content-length" for name, _ in headers):
-        headers = [*headers, ("Content-Length", str(len(body)))]
-    start_response(status, headers)
-    return [body]
+        return [b"".join(app(environ, start_response))]
 
 run_simple(host, port, serialized, threaded=True)
 """
@@ -286,6 +279,18 @@ def s3_url() -> S3Server:
     prefix = parsed.path.strip("/")
     prefix = f"{prefix}/substantial-tests/" if prefix else "substantial-tests/"
     return S3Server("url", query.get("endpoint_url"), parsed.netloc, client, prefix=prefix)
+
+
+@pytest.fixture
+def s3_moto_url(s3_moto: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL of a fresh store on moto, for processes that open it with ``from_url``.
+
+    The credentials go into the environment, which the processes inherit.
+    """
+    for name, value in zip(("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"), CREDENTIALS.values(), strict=True):
+        monkeypatch.setenv(name, value)
+    prefix = uuid.uuid4().hex[:12]
+    return f"s3://{s3_moto.bucket}/{prefix}?endpoint_url={s3_moto.endpoint_url}&region=us-east-1"
 
 
 @pytest.fixture(scope="session")
