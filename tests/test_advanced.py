@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from substantial import (
     workflow,
 )
 from substantial import events as ev
+from substantial.backends import MemoryBackend
 from substantial.codec import JSONCodec
 from substantial.replay import Execution
 
@@ -214,3 +216,92 @@ def test_continue_using_hands_the_next_generation_to_the_worker() -> None:
     assert carried == [sent[1]]  # the unconsumed event, with its id
     records = run_all(Execution("r", adds_up, codec, progress.next_generation or []))
     assert codec.decode(records[-1].value) == 12
+
+
+def pause(name: str, seconds: float) -> str:
+    time.sleep(seconds)
+    done.append(name)
+    return name
+
+
+def test_the_saves_of_all_run_in_parallel() -> None:
+    @workflow()
+    def fan_out(c: Context) -> Any:
+        return (yield c.all([c.save(lambda i=i: pause(f"s{i}", 0.3), key=f"s{i}") for i in range(4)]))
+
+    conductor = Conductor(MemoryBackend())
+    conductor.register(fan_out)
+    with conductor.run(4, poll_interval=0.05):
+        began = time.monotonic()
+        assert conductor.start(fan_out).result(timeout=10) == ["s0", "s1", "s2", "s3"]
+        assert time.monotonic() - began < 1.2  # four 0.3 s saves one after the other take 1.2 s
+
+
+def test_all_gives_results_in_order_and_raises_the_first_failure_after_all_finished(
+    conductor: Conductor, run_worker: Any
+) -> None:
+    def fail(message: str) -> None:
+        done.append(message)
+        raise ValueError(message)
+
+    @workflow()
+    def wf(c: Context) -> Any:
+        values = yield c.all([c.save(lambda: "x", key="x"), c.sleep(0.05), c.receive("go")])
+        try:
+            yield c.all(
+                [
+                    c.save(lambda: fail("one"), key="f1"),
+                    c.save(lambda: pause("ok", 0.05), key="ok"),
+                    c.save(lambda: fail("two"), key="f2"),
+                ]
+            )
+        except StepFailed as e:
+            return [values, e.message, [o.message for o in e.others], sorted(done)]  # type: ignore[attr-defined]
+
+    conductor.register(wf)
+    run_worker()
+    run = conductor.start(wf)
+    run.send("go", "went")
+    assert run.result(timeout=10) == [["x", None, "went"], "one", ["two"], ["ok", "one", "two"]]
+
+
+def test_any_takes_the_first_to_complete_and_drops_the_losers(conductor: Conductor, run_worker: Any) -> None:
+    @workflow()
+    def wf(c: Context) -> Any:
+        first = yield c.any([c.receive("never"), c.sleep(0.1), c.save(lambda: pause("slow", 1.0), key="slow")])
+        again = yield c.any([c.receive("go"), c.sleep(30)])
+        return [list(first), list(again)]
+
+    conductor.register(wf)
+    run_worker()
+    run = conductor.start(wf)
+    while "any" not in run.info().waiting_for or "go" not in run.info().waiting_for:
+        time.sleep(0.01)
+    run.send("never", "not consumed by the loser")
+    run.send("go", "here")
+    assert run.result(timeout=10) == [[1, None], [0, "here"]]
+    kinds = [(e.kind, e.command) for e in run.history() if e.step is not None]
+    assert ("timer_fired", "sleep") in kinds and kinds.count(
+        ("timer_fired", "sleep")
+    ) == 1  # the 30 s timer never fired
+    assert ("step_completed", "save") not in kinds  # the slow loser's result is not recorded
+
+
+def test_a_fan_out_replays_from_a_cold_log_and_detects_a_changed_branch() -> None:
+    @workflow("wf")
+    def wf(c: Context) -> Any:
+        return (yield c.all([c.save(step_a), c.save(step_new)]))
+
+    live = run_all(Execution("r", wf, codec, [started()]))
+    assert codec.decode(live[-1].value) == ["a", "new"]
+    done.clear()
+    half = [r for r in live if isinstance(r, ev.StepCompleted)][:1]  # a fan-out half recorded
+    resumed = run_all(Execution("r", wf, codec, [started(), *half]))
+    assert codec.decode(resumed[-1].value) == ["a", "new"] and len(done) == 1
+
+    @workflow("wf")
+    def changed(c: Context) -> Any:
+        return (yield c.all([c.save(step_a), c.save(step_old)]))
+
+    with pytest.raises(NonDeterminismError, match="step_new"):
+        run_all(Execution("r", changed, codec, [started(), *live[:-1]]))

@@ -199,3 +199,32 @@ class ContinueUsing(Command):
     @property
     def fingerprint(self) -> str:
         return self.workflow
+
+
+#: What a fan-out may hold.
+FAN_OUT = (Save, Sleep, Receive)
+
+
+@dataclass(frozen=True)
+class All(Command):
+    """Wait for every command; the saves among them run in parallel."""
+
+    kind: ClassVar[str] = "all"
+    commands: tuple[Command, ...] = ()
+
+    def __post_init__(self) -> None:
+        for command in self.commands:
+            if not isinstance(command, FAN_OUT):
+                raise TypeError(f"{self.kind}() takes saves, sleeps and receives, not {command!r}")
+        if not self.commands:
+            raise ValueError(f"{self.kind}() needs at least one command")
+
+    def describe(self) -> str:
+        return f"{self.kind}({', '.join(c.describe() for c in self.commands)})"
+
+
+@dataclass(frozen=True)
+class AnyOf(All):
+    """Wait for the first command to complete; the others are dropped."""
+
+    kind: ClassVar[str] = "any"

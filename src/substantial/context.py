@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from substantial.commands import (
     NO_RETRY,
+    All,
+    AnyOf,
+    Command,
     ContinueUsing,
     Ensure,
     Now,
@@ -154,3 +157,20 @@ class Context:
         again, so a workflow that loops forever keeps a bounded log.
         """
         return ContinueUsing(workflow=wf if isinstance(wf, str) else wf.name, args=args, kwargs=kwargs)
+
+    def all(self, commands: Iterable[Command]) -> All:
+        """Yields the results of every command, in the order given.
+
+        The saves run in parallel on the worker and each is recorded as it
+        finishes. If some fail, the first failure (in the order given) is
+        raised once all have finished, with the others in its ``others``.
+        """
+        return All(commands=tuple(commands))
+
+    def any(self, commands: Iterable[Command]) -> AnyOf:
+        """Yields ``(index, value)`` of the first command to complete; the others are dropped.
+
+        A losing receive consumes nothing and a losing timer never fires; a
+        losing save may still run to its end, but its result is not recorded.
+        """
+        return AnyOf(commands=tuple(commands))

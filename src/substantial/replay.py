@@ -15,12 +15,15 @@ import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from substantial import events as ev
 from substantial.codec import Codec, encode_at
 from substantial.commands import (
+    All,
+    AnyOf,
     Command,
     Compensate,
     ContinueUsing,
@@ -97,6 +100,17 @@ class _Pending:
     attempts: int = 0
     next_at: float | None = None
     fire_at: float | None = None
+    group: _Group | None = None
+
+
+@dataclass
+class _Group:
+    """The commands of one all/any: each its own step, resolved in any order."""
+
+    children: list[_Pending]
+    outcomes: list[_Outcome | None]
+    order: list[int] = field(default_factory=list)  # children in the order they completed
+    running: dict[int, Future[Any]] = field(default_factory=dict)  # saves in flight
 
 
 @dataclass
@@ -187,6 +201,7 @@ class Execution:
         self._reverting: deque[Compensate] | None = None  # compensations left, once reverting
         self._revert_cause: BaseException | None = None
         self._next_generation: list[ev.Record] | None = None
+        self._executor: Executor | None = None
         self._clock: Clock = lambda: 0.0
         self.state: State = "running"
         self.context = Context(run_id, workflow.name, self)
@@ -209,9 +224,13 @@ class Execution:
 
     # -- the drive loop ----------------------------------------------------
 
-    def advance(self, clock: Clock) -> Progress:
-        """Replay what the log holds, then run live until a save ran, the run blocks or ends."""
+    def advance(self, clock: Clock, executor: Executor | None = None) -> Progress:
+        """Replay what the log holds, then run live until a save ran, the run blocks or ends.
+
+        The saves of an ``all``/``any`` run on ``executor`` (in this thread without one).
+        """
         self._clock = clock
+        self._executor = executor
         while self.state == "running":
             if self._pending is None and not self._next_command():
                 break
@@ -233,6 +252,11 @@ class Execution:
     def _settled(self, p: _Pending | None, outcome: _Outcome) -> None:
         """Note what a resolved command means for revert: saves to compensate, revert to start."""
         if p is None or outcome.error is not None:
+            return
+        if p.group is not None:
+            for child, done in zip(p.group.children, p.group.outcomes, strict=True):
+                if done is not None and done.error is None:
+                    self._settled(child, done)
             return
         if type(p.command) is Save and p.command.compensate_with is not None:
             self._compensable.append((p.step, p.command))
@@ -267,6 +291,10 @@ class Execution:
         if not isinstance(command, Command):
             return False
         self._pending = _Pending(self._next_step, command)
+        if isinstance(command, All):
+            children = [_Pending(self._next_step + i, c) for i, c in enumerate(command.commands)]
+            self._pending.group = _Group(children, [None] * len(children))
+            self._next_step += len(children) - 1
         self._next_step += 1
         return True
 
@@ -335,6 +363,8 @@ class Execution:
 
     def _resolve(self, p: _Pending) -> Resolution:
         """Resolve ``p`` from the log if it holds the result, else live."""
+        if p.group is not None:
+            return self._resolve_group(p, p.group)
         while self._pos < len(self._log):
             record = self._log[self._pos]
             self._pos += 1
@@ -354,15 +384,149 @@ class Execution:
             self._check(p, record)
             if record.final:
                 return self._from_log(p.command, record)
-            if isinstance(record, ev.StepAttempt):
-                p.attempts, p.next_at = record.attempt, record.next_at
-            elif isinstance(record, ev.TimerSet):
-                p.fire_at = record.fire_at
-        if self._cancel is not None and self._reverting is None:  # a revert runs to its end
-            reason, self._cancel = self._cancel, None
-            self._record(p, ev.StepCancelled, reason=reason)
-            return _Outcome(error=RunCancelled(reason))
+            self._apply(p, record)
+        cancelled = self._cancelled(p)
+        if cancelled is not None:
+            return cancelled
         return _LIVE[type(p.command)](self, p)
+
+    @staticmethod
+    def _apply(p: _Pending, record: ev.Record) -> None:
+        """What an intermediate record says: attempts made so far, a deadline."""
+        if isinstance(record, ev.StepAttempt):
+            p.attempts, p.next_at = record.attempt, record.next_at
+        elif isinstance(record, ev.TimerSet):
+            p.fire_at = record.fire_at
+
+    def _cancelled(self, p: _Pending) -> _Outcome | None:
+        """A delivered cancel makes the command being resolved live raise ``RunCancelled``."""
+        if self._cancel is None or self._reverting is not None:  # a revert runs to its end
+            return None
+        reason, self._cancel = self._cancel, None
+        self._record(p, ev.StepCancelled, reason=reason)
+        return _Outcome(error=RunCancelled(reason))
+
+    # -- all / any -----------------------------------------------------------
+
+    def _resolve_group(self, p: _Pending, g: _Group) -> Resolution:
+        """Resolve the children of an all/any from the log, in the order their results were recorded."""
+        while self._pos < len(self._log):
+            record = self._log[self._pos]
+            self._pos += 1
+            if isinstance(record, ev.MESSAGES):
+                error = self._deliver(record)
+                if error is not None:
+                    return _Outcome(error=error)
+                continue
+            if isinstance(record, _PASSED):
+                continue
+            index = record.step - p.step
+            if isinstance(record, ev.TERMINAL) or not 0 <= index < len(g.children):
+                self._pos -= 1
+                held = "the run's end" if isinstance(record, ev.TERMINAL) else f"{record.command} at step {record.step}"
+                raise self._diverged(p.step, held, f"yielded {p.command.describe()}", "The fan-out changed.")
+            child = g.children[index]
+            self._check(child, record)
+            if record.final:
+                self._settle(g, index, self._from_log(child.command, record))
+                done = self._group_done(p, g)
+                if done is not None:
+                    return done
+            else:
+                self._apply(child, record)
+        return self._live_group(p, g)
+
+    def _settle(self, g: _Group, index: int, outcome: _Outcome) -> None:
+        g.outcomes[index] = outcome
+        g.order.append(index)
+
+    def _group_done(self, p: _Pending, g: _Group) -> _Outcome | None:
+        """The outcome of the all/any once decided, else None."""
+        for outcome in g.outcomes:
+            if outcome is not None and isinstance(outcome.error, RunCancelled):
+                return outcome
+        if isinstance(p.command, AnyOf):
+            if not g.order:
+                return None
+            for future in g.running.values():
+                future.cancel()  # losers: whatever they return is not recorded
+            first = g.order[0]
+            won = g.outcomes[first]
+            assert won is not None
+            return won if won.error is not None else _Outcome((first, won.value))
+        if any(outcome is None for outcome in g.outcomes):
+            return None
+        errors = [o.error for o in g.outcomes if o is not None and o.error is not None]
+        if errors:
+            errors[0].others = errors[1:]  # type: ignore[attr-defined]
+            return _Outcome(error=errors[0])
+        return _Outcome([o.value for o in g.outcomes if o is not None])
+
+    def _live_group(self, p: _Pending, g: _Group) -> Resolution:
+        """Resolve what can be now: timers and receives in order, then the saves in parallel."""
+        done = self._group_done(p, g)
+        if done is not None:
+            return done
+        open_children = [i for i, outcome in enumerate(g.outcomes) if outcome is None]
+        cancelled = self._cancelled(g.children[open_children[0]])
+        if cancelled is not None:
+            return cancelled
+        deadlines: list[float] = []
+        for i in open_children:
+            child = g.children[i]
+            if isinstance(child.command, Save):
+                continue
+            resolution = _LIVE[type(child.command)](self, child)
+            if isinstance(resolution, _Outcome):
+                self._settle(g, i, resolution)
+                done = self._group_done(p, g)
+                if done is not None:
+                    return done
+            elif isinstance(resolution, _Blocked) and resolution.due_at is not None:
+                deadlines.append(resolution.due_at)
+        saves = [i for i in open_children if isinstance(g.children[i].command, Save) and g.outcomes[i] is None]
+        if saves and not g.running and any(not isinstance(r, ev.Logged) for r in self._new):
+            return AGAIN  # the saves must only see values that are already recorded
+        for i in saves:
+            child = g.children[i]
+            if i in g.running:
+                continue
+            if child.next_at is not None and self._clock() < child.next_at:
+                deadlines.append(child.next_at)
+                continue
+            g.running[i] = self._submit(child.command)
+        if g.running:
+            return self._await_saves(p, g, deadlines)
+        return self._group_done(p, g) or _Blocked(min(deadlines, default=None), p.command.describe())
+
+    def _submit(self, command: Command) -> Future[Any]:
+        assert isinstance(command, Save)
+        if self._executor is not None:
+            return self._executor.submit(_call, command.fn, command.timeout)
+        future: Future[Any] = Future()
+        try:
+            future.set_result(_call(command.fn, command.timeout))
+        except Exception as e:
+            future.set_exception(e)
+        return future
+
+    def _await_saves(self, p: _Pending, g: _Group, deadlines: list[float]) -> Resolution:
+        """Wait for a save of the group (or the first deadline), record what finished, come back."""
+        timeout = max(min(deadlines) - self._clock(), 0.0) if deadlines else None
+        wait(list(g.running.values()), timeout=timeout, return_when=FIRST_COMPLETED)
+        for i, future in list(g.running.items()):
+            if not future.done():
+                continue
+            del g.running[i]
+            error = future.exception()
+            resolution = self._save_done(g.children[i], None if error else future.result(), error)
+            if isinstance(resolution, _Outcome):
+                self._settle(g, i, resolution)
+                if isinstance(p.command, AnyOf):
+                    break  # the first wins; what the others return is not recorded
+        self._ran_step = False
+        done = self._group_done(p, g)
+        return done if done is not None and not self._new else AGAIN
 
     def _check(self, p: _Pending, record: ev.Record) -> None:
         held = f"{record.command} {record.fingerprint!r} at step {record.step}"
@@ -414,18 +578,29 @@ class Execution:
             return AGAIN  # the step must only see values that are already recorded
         if p.next_at is not None and self._clock() < p.next_at:
             return _Blocked(p.next_at, f"retry of step {p.step} ({cmd.fingerprint})")
-        attempt = p.attempts + 1
         try:
-            value = _call(cmd.fn, cmd.timeout)
-            data = self._encode(value, f"result of step {p.step} ({cmd.fingerprint})")
+            return self._save_done(p, _call(cmd.fn, cmd.timeout), None)
         except Exception as e:
-            if not isinstance(e, CodecError) and cmd.retry.retries(e, attempt):
+            return self._save_done(p, None, e)
+
+    def _save_done(self, p: _Pending, value: Any, error: BaseException | None) -> Resolution:
+        """Record what an attempt of a save gave: its result, a retry to come, or its failure."""
+        assert isinstance(p.command, Save)
+        cmd = p.command
+        attempt = p.attempts + 1
+        if error is None:
+            try:
+                data = self._encode(value, f"result of step {p.step} ({cmd.fingerprint})")
+            except CodecError as e:
+                error = e
+        if error is not None:
+            if not isinstance(error, CodecError) and cmd.retry.retries(error, attempt):
                 p.attempts, p.next_at = attempt, self._clock() + cmd.retry.delay(attempt)
-                self._record(p, ev.StepAttempt, attempt=attempt, error=failure_of(e), next_at=p.next_at)
+                self._record(p, ev.StepAttempt, attempt=attempt, error=failure_of(error), next_at=p.next_at)
                 return AGAIN
             self._ran_step = True
-            self._record(p, ev.StepFailed, error=failure_of(e), attempts=attempt)
-            return _Outcome(error=StepFailed(*_failure_fields(e), attempt))
+            self._record(p, ev.StepFailed, error=failure_of(error), attempts=attempt)
+            return _Outcome(error=StepFailed(*_failure_fields(error), attempt))
         self._ran_step = True
         self._record(p, ev.StepCompleted, value=data, compensable=cmd.compensate_with is not None)
         return _Outcome(self._codec.decode(data))

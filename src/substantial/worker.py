@@ -103,6 +103,8 @@ class Worker:
         self._on_turn = on_turn
         self._cache = StickyCache(cache_size)
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="substantial-turn")
+        # the saves of an all/any: a pool of their own, so turns never wait on their own pool
+        self._steps = ThreadPoolExecutor(threads, thread_name_prefix="substantial-step")
         self._in_flight: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._timers: list[float] = []
@@ -148,6 +150,7 @@ class Worker:
         if not_done:
             self._abandon.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._steps.shutdown(wait=False, cancel_futures=True)
         self._cache.clear()
         return not not_done
 
@@ -368,7 +371,7 @@ class _Turn:
         while True:
             if self.w._abandon.is_set():
                 raise _Abandoned
-            progress = execution.advance(time.time)
+            progress = execution.advance(time.time, self.w._steps)
             if progress.records:
                 encoded = [ev.encode(r) for r in progress.records]
                 self.version = self.backend.append_log(self.run_id, encoded, self.version)
