@@ -45,8 +45,8 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
 
 # moto checks If-None-Match / If-Match, then writes, with nothing held between the
 # two (moto/s3/responses.py, put_object), and its server is threaded: two racing
-# conditional writes could both succeed. Serving one request at a time makes the
-# check and the write atomic, as they are on a real store.
+# conditional writes could both succeed. Serving conditional writes one at a time
+# makes the check and the write atomic, as they are on a real store.
 MOTO_LAUNCHER = """
 import os, sys, threading
 from werkzeug.serving import run_simple
@@ -58,6 +58,8 @@ app = DomainDispatcherApplication(create_backend_app)
 lock = threading.Lock()
 
 def serialized(environ, start_response):
+    if "HTTP_IF_NONE_MATCH" not in environ and "HTTP_IF_MATCH" not in environ:
+        return app(environ, start_response)
     with lock:
         return [b"".join(app(environ, start_response))]
 

@@ -6,7 +6,7 @@ Layout under the prefix (see docs/backends.md)::
     runs/<run>/seg/<n>.base|.delta  merged segments: the log as of object n, or what it added to a base
     runs/<run>/inbox/<message id>   one object per unacknowledged message
     runs/<run>/lease                owner and expiry, replaced with If-Match: <etag>
-    runs/<run>/due.<queue>          names the run's due entry on that queue (If-Match)
+    runs/<run>/due.<queue>          names the run's due entry on that queue, and the one before (If-Match)
     info/<run>                      the run's summary
     due/<queue>/<due µs>-<run>      the due index: keys sort by due time
     posting/<queue>/<ns>~<nonce>~<run>   a post in progress
