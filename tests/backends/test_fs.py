@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from substantial.backends import FSBackend, Message, from_url
-from substantial.backends.fs import POSTING_GRACE, frame, run_dir_name
-from substantial.errors import CorruptRecord, InvalidRunId
+from substantial.backends.fs import _FILE_HEAD, POSTING_GRACE, frame, run_dir_name
+from substantial.errors import Conflict, CorruptRecord, InvalidRunId
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def test_corruption_in_the_middle_raises_for_that_run_only(fs: FSBackend) -> Non
     fs.append_log("good", [b"fine"], 0)
     path = log_file(fs, "bad")
     data = bytearray(path.read_bytes())
-    data[len(frame(b"one")) + 13] ^= 0xFF  # a byte inside the second record's payload
+    data[_FILE_HEAD + len(frame(b"one")) + 13] ^= 0xFF  # a byte inside the second record's payload
     path.write_bytes(bytes(data))
     fresh = FSBackend(fs.root)
     with pytest.raises(CorruptRecord, match="'bad'"):
@@ -62,7 +62,7 @@ def test_a_damaged_header_in_the_middle_is_corruption(fs: FSBackend) -> None:
     fs.append_log("r", [b"one", b"two"], 0)
     path = log_file(fs, "r")
     data = bytearray(path.read_bytes())
-    data[1] ^= 0xFF  # the first record's length
+    data[_FILE_HEAD + 1] ^= 0xFF  # the first record's length
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptRecord):
         FSBackend(fs.root).read_log("r")
@@ -182,3 +182,28 @@ def test_a_conductor_with_no_backend_uses_the_environment_or_local_files(
     monkeypatch.setenv("SUBSTANTIAL_URL", f"file://{tmp_path}/env")
     configured = Conductor().backend
     assert isinstance(configured, FSBackend) and configured.root == tmp_path / "env"
+
+
+@pytest.mark.parametrize("attempt", range(20))
+def test_a_stale_client_cannot_append_after_the_log_was_replaced_or_deleted(tmp_path: Path, attempt: int) -> None:
+    """Replacing or deleting a log frees its inode, which the next log file often gets again."""
+    a, b = FSBackend(tmp_path / "store"), FSBackend(tmp_path / "store")
+    a.append_log("r", [b"1", b"2", b"3"], 0)
+    b.replace_log("r", [b"y"], 3)
+    b.replace_log("r", [b"z"], 1)
+    with pytest.raises(Conflict):
+        a.append_log("r", [b"4"], 3)
+    assert a.read_log("r", after=3) == ([], 1)
+    b.delete_run("r")
+    b.append_log("r", [b"new"], 0)
+    with pytest.raises(Conflict):
+        a.append_log("r", [b"5"], 3)
+    assert b.read_log("r") == ([b"new"], 1)
+
+
+def test_a_log_file_that_is_not_one_is_corruption(fs: FSBackend) -> None:
+    fs.append_log("r", [b"one"], 0)
+    path = log_file(fs, "r")
+    path.write_bytes(b"garbage!" * 4)
+    with pytest.raises(CorruptRecord, match="does not begin"):
+        FSBackend(fs.root).read_log("r")

@@ -2,7 +2,7 @@
 
 Layout under the root (see docs/backends.md)::
 
-    runs/<name>/log            records, each framed with its length and CRCs
+    runs/<name>/log            a random file id, then records framed with length and CRCs
     runs/<name>/lock           the run's file lock (log, lease, due pointer)
     runs/<name>/inbox/<id>     one file per unacknowledged message
     runs/<name>/info           the run's summary
@@ -31,6 +31,7 @@ import uuid
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock
 
@@ -42,6 +43,15 @@ _HEADER_CRC = struct.Struct(">I")  # CRC32 of the header above
 _FRAME = _HEADER.size + _HEADER_CRC.size
 _NAME_MAX = 200
 _STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body
+#: Every log file begins with a magic and a random id: a cache of offsets is per file, not per inode.
+_MAGIC = b"SUBSTL1\n"
+_FILE_HEAD = len(_MAGIC) + 8
+
+
+def _new_file_head() -> bytes:
+    return _MAGIC + os.urandom(8)
+
+
 #: A post marker older than this is taken for the trace of a poster that died.
 POSTING_GRACE = 5.0
 
@@ -127,7 +137,7 @@ class FSBackend(Backend):
             folder.mkdir(parents=True, exist_ok=True)
         self._guard = threading.Lock()
         self._locks: dict[str, tuple[threading.Lock, FileLock]] = {}
-        self._tails: dict[str, tuple[int, int, int]] = {}  # run -> (inode, version, offset)
+        self._tails: dict[str, tuple[bytes, int, int]] = {}  # run -> (log file id, version, offset)
 
     # -- files -------------------------------------------------------------
 
@@ -193,19 +203,28 @@ class FSBackend(Backend):
 
     # -- the log -----------------------------------------------------------
 
-    def _scan(self, run_id: str, f: object, after: int) -> tuple[list[bytes], int, int]:
-        """Records from position ``after``, the version, and the offset of the end of the last whole one."""
-        assert hasattr(f, "fileno")
-        inode = os.fstat(f.fileno()).st_ino
+    def _scan(self, run_id: str, f: BinaryIO, after: int) -> tuple[list[bytes], int, int]:
+        """Records from position ``after``, the version, and the offset of the end of the last whole one.
+
+        The offset of the last known version is cached per log file, named by
+        the random id at the head of the file (inode numbers get reused when a
+        log is replaced or deleted). A file too short for its head is empty.
+        """
+        f.seek(0)
+        file_id = f.read(_FILE_HEAD)
+        if len(file_id) < _FILE_HEAD:
+            return [], 0, 0
+        if not file_id.startswith(_MAGIC):
+            raise CorruptRecord(f"run {run_id!r}: its log file does not begin as a Substantial log")
         known = self._tails.get(run_id)
-        start_version, start_offset = 0, 0
-        if known is not None and known[0] == inode and known[1] <= after:
+        start_version, start_offset = 0, _FILE_HEAD
+        if known is not None and known[0] == file_id and known[1] <= after:
             start_version, start_offset = known[1], known[2]
-        f.seek(start_offset)  # type: ignore[attr-defined]
-        records, offset = parse(f.read(), 0, run_id)  # type: ignore[attr-defined]
+        f.seek(start_offset)
+        records, offset = parse(f.read(), 0, run_id)
         offset += start_offset
         version = start_version + len(records)
-        self._tails[run_id] = (inode, version, offset)
+        self._tails[run_id] = (file_id, version, offset)
         return records[max(after - start_version, 0) :], version, offset
 
     def read_log(self, run_id: str, after: int = 0) -> tuple[list[bytes], int]:
@@ -232,15 +251,17 @@ class FSBackend(Backend):
                 if version != expected_version:
                     raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
                 if f.tell() != offset:
-                    f.truncate(offset)  # drop a torn tail before writing after it
-                f.write(b"".join(frame(r) for r in records))
+                    f.truncate(offset)  # drop a torn tail (or a torn head) before writing after it
+                head = _new_file_head() if offset == 0 else b""
+                f.write(head + b"".join(frame(r) for r in records))
                 f.flush()
                 self._sync(f.fileno())
                 end = f.tell()
-                inode = os.fstat(f.fileno()).st_ino
+                f.seek(0)
+                file_id = f.read(_FILE_HEAD)
             if created:
                 self._sync_dir(path)
-            self._tails[run_id] = (inode, version + len(records), end)
+            self._tails[run_id] = (file_id, version + len(records), end)
             return version + len(records)
 
     def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
@@ -248,7 +269,7 @@ class FSBackend(Backend):
             _, version = self._read_log(run_id, after=2**62)
             if version != expected_version:
                 raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
-            self._write(path / "log", b"".join(frame(r) for r in records))
+            self._write(path / "log", _new_file_head() + b"".join(frame(r) for r in records))
             self._tails.pop(run_id, None)
             return len(records)
 
