@@ -8,22 +8,18 @@ JSON), reported as one line on stderr without a traceback.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 from urllib.parse import urlparse
 
 from substantial import defaults, demo
@@ -32,6 +28,7 @@ from substantial.conductor import Conductor, RunHandle
 from substantial.errors import SubstantialError
 from substantial.events import Failure
 from substantial.runs import HistoryEvent, RunInfo, RunStatus
+from substantial.serve import serve
 
 log = logging.getLogger("substantial.worker")
 
@@ -190,61 +187,18 @@ def load_conductor(target: str) -> Conductor:
     return found
 
 
-class _StopSignal:
-    """SIGINT and SIGTERM ask for a graceful stop; a second one exits at once."""
-
-    def __init__(self) -> None:
-        self.received = threading.Event()
-        self.name = ""
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[None]:
-        previous = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.received.is_set():
-            print(f"substantial: {signal.Signals(signum).name} again: exiting now", file=sys.stderr, flush=True)
-            _exit_now(128 + signum)
-        self.name = signal.Signals(signum).name
-        self.received.set()
-
-    def wait(self) -> None:
-        while not self.received.wait(1.0):
-            pass
-
-
 def _worker(args: argparse.Namespace) -> int:
     conductor = load_conductor(args.target)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not conductor.registry.queues():
         log.warning("%s has no registered workflows: every run it takes will fail to load", args.target)
-    stop = _StopSignal()
-    with stop.installed():
-        worker = conductor.run(args.threads, queues=args.queues, poll_interval=args.poll_interval)
-        log.info(
-            "worker %s serving queue(s) %s with %d thread(s)", worker.owner, ", ".join(worker.queues), args.threads
-        )
-        stop.wait()
-        log.info("%s: stopping, waiting up to %gs for turns in progress", stop.name, args.stop_timeout)
-        finished = worker.stop(timeout=args.stop_timeout)
-    if not finished:
-        log.warning("worker %s stopped with turns still running: their runs stay due for the next worker", worker.owner)
-        _exit_now(0)  # the timeout bounds the stop: do not wait for the steps still running
-    log.info("worker %s stopped", worker.owner)
-    return 0
-
-
-def _exit_now(code: int) -> NoReturn:
-    """Exit without waiting for turn threads; as safe as a crash, since an unfinished turn leaves its run due."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    return serve(
+        conductor,
+        threads=args.threads,
+        queues=args.queues,
+        poll_interval=args.poll_interval,
+        stop_timeout=args.stop_timeout,
+    )
 
 
 # -- substantial runs ----------------------------------------------------------

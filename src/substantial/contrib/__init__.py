@@ -17,17 +17,15 @@ import atexit
 import contextlib
 import logging
 import os
-import signal
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from types import FrameType
-from typing import NoReturn
 
 from substantial import defaults
 from substantial.conductor import Conductor
+from substantial.serve import STOP_TIMEOUT as SERVE_STOP_TIMEOUT
+from substantial.serve import serve as run_in_foreground
 from substantial.worker import Worker
 
 __all__ = ["FOREGROUND_STOP_TIMEOUT", "STOP_TIMEOUT", "EmbeddedWorker", "log_to_stderr", "run_in_foreground"]
@@ -38,7 +36,7 @@ log = logging.getLogger("substantial.worker")
 #: Below gunicorn's ``graceful_timeout`` (30 s), so the server does not kill it first.
 STOP_TIMEOUT = 10.0
 #: Seconds a foreground worker lets its turns finish once told to stop (as ``substantial worker``).
-FOREGROUND_STOP_TIMEOUT = 30.0
+FOREGROUND_STOP_TIMEOUT = SERVE_STOP_TIMEOUT
 
 
 class EmbeddedWorker:
@@ -210,56 +208,3 @@ def log_to_stderr(level: int | str = logging.INFO) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(level)
-
-
-def run_in_foreground(
-    conductor: Conductor,
-    *,
-    threads: int = defaults.THREADS,
-    queues: Iterable[str] | None = None,
-    stop_timeout: float = FOREGROUND_STOP_TIMEOUT,
-    poll_interval: float = defaults.POLL_INTERVAL,
-) -> int:
-    """Serve ``conductor``'s runs until SIGINT or SIGTERM, then stop gracefully; return the exit code.
-
-    Like ``substantial worker``: once signalled, the worker stops taking runs
-    and waits up to ``stop_timeout`` seconds for the turns in progress, then
-    returns 0; if turns are still running then, the process exits at once
-    (their runs stay due for the next worker). A second signal exits at once
-    with code 128 + its number. Call it from the main thread.
-    """
-    received: list[int] = []
-    stop = threading.Event()
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
-            print(f"substantial: {signal.Signals(signum).name} again: exiting now", file=sys.stderr, flush=True)
-            _exit_now(128 + signum)
-        received.append(signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        worker = conductor.run(threads, queues=sorted(queues) if queues else None, poll_interval=poll_interval)
-        log.info("worker %s serving queue(s) %s with %d thread(s)", worker.owner, ", ".join(worker.queues), threads)
-        while not stop.wait(1.0):
-            pass
-        name = signal.Signals(received[0]).name
-        log.info("%s: stopping, waiting up to %gs for turns in progress", name, stop_timeout)
-        finished = worker.stop(timeout=stop_timeout)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if not finished:
-        log.warning("worker %s stopped with turns still running: their runs stay due for the next worker", worker.owner)
-        _exit_now(0)  # the timeout bounds the stop: do not wait for the steps still running
-    log.info("worker %s stopped", worker.owner)
-    return 0
-
-
-def _exit_now(code: int) -> NoReturn:
-    """Exit without waiting for turn threads: as safe as a crash, since an unfinished turn leaves its run due."""
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
