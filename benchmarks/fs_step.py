@@ -11,43 +11,21 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
-from substantial import Conductor, Context, workflow
-from substantial import events as ev
+from _jobs import sequential_step_us, step_record
+
+from substantial import Conductor
 from substantial.backends import FSBackend
 from substantial.backends.fs import frame
 
 
-def step(i: int) -> dict[str, int]:
-    return {"i": i}
-
-
-@workflow()
-def sequential(c: Context, steps: int) -> Any:
-    for i in range(steps):
-        yield c.save(lambda i=i: step(i))
-    return steps
-
-
 def substantial_step_us(root: Path, steps: int) -> float:
-    conductor = Conductor(FSBackend(root / "store"))
-    conductor.register(sequential)
-    with conductor.run(threads=2, poll_interval=0.01):
-        run = conductor.start(sequential, steps)
-        began = time.perf_counter()
-        run.result(timeout=3600)
-        elapsed = time.perf_counter() - began
-    return elapsed / steps * 1e6
+    return sequential_step_us(Conductor(FSBackend(root / "store")), steps)
 
 
 def raw_append_fsync_us(root: Path, steps: int) -> float:
     """The floor: the same framed record bytes appended and fsync'd, one per step."""
-    record = ev.encode(
-        ev.StepCompleted(
-            step=steps, at=time.time(), command="save", fingerprint="sequential.<locals>.<lambda>", value=b'{"i":1234}'
-        )
-    )
+    record = step_record(steps)
     data = frame(record)
     with open(root / "raw.log", "ab") as f:
         began = time.perf_counter()

@@ -9,46 +9,25 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
+from _jobs import sequential_step_us, step_record
 from _redis import redis_server
 
-from substantial import Conductor, Context, workflow
-from substantial import events as ev
+from substantial import Conductor
 from substantial.backends import RedisBackend
-
-
-def step(i: int) -> dict[str, int]:
-    return {"i": i}
-
-
-@workflow()
-def sequential(c: Context, steps: int) -> Any:
-    for i in range(steps):
-        yield c.save(lambda i=i: step(i))
-    return steps
 
 
 def substantial_step_us(url: str, steps: int) -> float:
     conductor = Conductor(RedisBackend.from_url(f"{url}?prefix=bench-steps"))
-    conductor.register(sequential)
-    with conductor.run(threads=2, poll_interval=0.01):
-        run = conductor.start(sequential, steps)
-        began = time.perf_counter()
-        run.result(timeout=3600)
-        elapsed = time.perf_counter() - began
+    per_step = sequential_step_us(conductor, steps)
     conductor.backend.close()
-    return elapsed / steps * 1e6
+    return per_step
 
 
 def raw_append_us(url: str, steps: int) -> float:
     """The floor: the same record appended by the same Lua script, one round trip per record."""
     backend = RedisBackend.from_url(f"{url}?prefix=bench-raw")
-    record = ev.encode(
-        ev.StepCompleted(
-            step=steps, at=time.time(), command="save", fingerprint="sequential.<locals>.<lambda>", value=b'{"i":1234}'
-        )
-    )
+    record = step_record(steps)
     began = time.perf_counter()
     for version in range(steps):
         backend.append_log("raw", [record], version)
