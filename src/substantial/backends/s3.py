@@ -173,6 +173,7 @@ class _Chain:
     delta: tuple[int, int] | None = None
     window_objects: int = 0  # log objects written since the segment the window starts at
     stale: set[str] = field(default_factory=set)  # segment keys superseded, to delete
+    merging: bool = False  # a segment of this chain is being written
 
     @property
     def version(self) -> int:
@@ -506,23 +507,22 @@ class S3Backend(Backend):
                     chain.records.extend(records)
                     chain.next_n += 1
                     chain.window_objects += 1
-                    self._maybe_merge(run_id, chain)
+                    self._maybe_merge(run_id, cache, chain)
                     return chain.version
                 chain = cache.chain = self._refresh(run_id, chain)  # another writer took that number
             raise Conflict(f"run {run_id!r}: the log kept moving under append at version {expected_version}")
 
-    def _maybe_merge(self, run_id: str, chain: _Chain) -> None:
-        """Merge the window into a segment once it is long; a failure only delays it."""
-        window = chain.records[chain.window_from :]
-        if chain.window_objects < MERGE_OBJECTS and sum(map(len, window)) < MERGE_BYTES:
-            return
-        try:
-            self._merge(run_id, chain)
-        except SubstantialError as e:
-            log.warning("run %s: merging its log objects failed, the next append tries again: %s", run_id, e)
+    def _maybe_merge(self, run_id: str, cache: _RunCache, chain: _Chain) -> None:
+        """Merge the window into a segment once it is long, in the background (the run's lock is held).
 
-    def _merge(self, run_id: str, chain: _Chain) -> None:
-        """Write a delta (records since the base), or a new base once the delta outgrows half the base."""
+        A delta holds the records since the base; a new base (the whole log)
+        replaces base and delta once the delta would outgrow half the base.
+        Segments only save reads: a merge that fails or is overtaken only
+        leaves the windows of the next appends longer.
+        """
+        window = chain.records[chain.window_from :]
+        if chain.merging or (chain.window_objects < MERGE_OBJECTS and sum(map(len, window)) < MERGE_BYTES):
+            return
         end, base_v = chain.next_n - 1, chain.base[1] if chain.base else 0
         since_base = sum(map(len, chain.records[base_v:]))
         kind = _DELTA if chain.base and 2 * since_base <= sum(map(len, chain.records[:base_v])) else _BASE
@@ -531,19 +531,36 @@ class S3Backend(Backend):
         piece = _Piece(
             kind, chain.epoch, end, start, chain.version, base, None, uuid.uuid4().bytes, chain.records[start:]
         )
-        self._put(self._seg_key(run_id, end, kind), _encode(piece), if_none_match=True)  # exists: the same records
-        if chain.delta:
-            chain.stale.add(self._seg_key(run_id, chain.delta[0], _DELTA))
-        if kind == _BASE:
-            if chain.base:
-                chain.stale.add(self._seg_key(run_id, chain.base[0], _BASE))
-            chain.base, chain.delta = (end, chain.version), None
-        else:
-            chain.delta = (end, chain.version)
-        chain.window_objects = 0
-        if len(chain.stale) >= 4:
-            self._delete(sorted(chain.stale))
-            chain.stale.clear()
+        try:
+            self._pool.submit(self._merge, run_id, cache, chain, piece)
+            chain.merging = True
+        except RuntimeError:  # closed meanwhile: the append stands, the merge waits for another client
+            pass
+
+    def _merge(self, run_id: str, cache: _RunCache, chain: _Chain, piece: _Piece) -> None:
+        try:
+            self._put(self._seg_key(run_id, piece.number, piece.kind), _encode(piece), if_none_match=True)
+        except SubstantialError as e:  # exists: a segment of the same records, as good
+            log.warning("run %s: merging its log objects failed, a later append tries again: %s", run_id, e)
+            with cache.lock:
+                chain.merging = False
+            return
+        with cache.lock:
+            chain.merging = False
+            if cache.chain is not chain:
+                return  # read anew meanwhile: the next reader lists the segment
+            superseded = [(_DELTA, chain.delta), (_BASE, chain.base if piece.kind == _BASE else None)]
+            chain.stale.update(self._seg_key(run_id, seg[0], kind) for kind, seg in superseded if seg)
+            if piece.kind == _BASE:
+                chain.base, chain.delta = (piece.number, piece.v_to), None
+            else:
+                chain.delta = (piece.number, piece.v_to)
+            chain.window_objects = chain.next_n - 1 - piece.number
+            stale, chain.stale = (sorted(chain.stale), set()) if len(chain.stale) >= 4 else ([], chain.stale)
+        try:
+            self._delete(stale)
+        except SubstantialError as e:
+            log.warning("run %s: deleting superseded segments failed: %s", run_id, e)
 
     def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
         cache = self._run(run_id)
