@@ -52,11 +52,14 @@ def wait_for(condition: Callable[[], bool], what: str, workers: WorkerProcesses,
 class Chains:
     """``chain`` runs, the events sent to them, and the checks that nothing was lost or repeated."""
 
-    def __init__(self, conductor: Conductor, workers: WorkerProcesses, effects: Path, count: int) -> None:
+    def __init__(
+        self, conductor: Conductor, workers: WorkerProcesses, effects: Path, count: int, shape: ChainShape = SHAPE
+    ) -> None:
         self.workers = workers
         self.effects = effects
+        self.shape = shape
         self.runs = [
-            conductor.start(chain, str(effects), SHAPE.saves, HOLD, run_id=f"chain-{i:02d}") for i in range(count)
+            conductor.start(chain, str(effects), shape.saves, HOLD, run_id=f"chain-{i:03d}") for i in range(count)
         ]
         self.sent: dict[str, list[str]] = {run.id: [] for run in self.runs}
 
@@ -83,7 +86,7 @@ class Chains:
 
     def reachable(self) -> int:
         """How many distinct saves can run with the events sent so far."""
-        return sum(SHAPE.saves + (len(payloads) == EVENTS_PER_RUN) for payloads in self.sent.values())
+        return sum(self.shape.saves + (len(payloads) == EVENTS_PER_RUN) for payloads in self.sent.values())
 
     def advance(self, steps: int) -> None:
         """Wait until ``steps`` more saves have run, or as many as the events sent allow."""
@@ -107,7 +110,7 @@ class Chains:
             except TimeoutError:
                 history = [(e.kind, e.step) for e in run.history()]
                 raise AssertionError(f"{run.id} did not finish: {run.info()}\nits log: {history}") from None
-            assert result == SHAPE.result(run.id, self.sent[run.id]), run.id
+            assert result == self.shape.result(run.id, self.sent[run.id]), run.id
         self.check_executions(self.check_histories(), threads)
         assert "Traceback" not in self.workers.logs()
 
@@ -124,7 +127,7 @@ class Chains:
             steps = Counter((e.kind, e.step) for e in history if e.step is not None)
             repeated = {k: n for k, n in steps.items() if n != 1}
             assert not repeated, f"{run.id}: steps recorded more than once: {repeated}\n{history}"
-            assert set(steps) == SHAPE.records(), history
+            assert set(steps) == self.shape.records(), history
             for e in history:
                 if e.kind == "step_completed":
                     assert e.at is not None and e.step is not None
@@ -156,8 +159,9 @@ def test_kill_9_at_random_instants_loses_no_result_and_no_send(
     conductor: Conductor, workers: WorkerProcesses, effects: Path
 ) -> None:
     rng = random.Random(SEED)
-    threads, kills = 4, 5
-    chains = Chains(conductor, workers, effects, 30)
+    threads, kills = 4, 10
+    # 20 runs of 20 steps: 16 saves, a sleep, two receives and a last save
+    chains = Chains(conductor, workers, effects, 20, ChainShape(saves=16))
     proc = workers.start(threads=threads)
     for batch in chains.plan_sends(rng, kills):
         chains.send(batch)
@@ -200,7 +204,7 @@ def test_two_workers_on_one_store_with_one_killed_again_and_again(
 ) -> None:
     rng = random.Random(SEED + 1 + cache_size)
     threads, kills = 3, 4
-    chains = Chains(conductor, workers, effects, 20)
+    chains = Chains(conductor, workers, effects, 200 if cache_size else 40)
     victim = workers.start(threads=threads, cache_size=cache_size)
     workers.start(threads=threads, cache_size=cache_size)  # the survivor, never killed
     for batch in chains.plan_sends(rng, kills):
