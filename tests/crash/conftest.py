@@ -6,6 +6,7 @@ by adding a URL factory to ``URLS`` (its server started by a session fixture).
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,17 +17,34 @@ from crash_processes import WorkerProcesses
 from substantial import Conductor
 
 
-def _files(tmp_path: Path) -> str:
+def _files(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return (tmp_path / "store").absolute().as_uri()  # file:///abs/path
 
 
-URLS: dict[str, Callable[[Path], str]] = {"files": _files}
+def _redis(server: str) -> Callable[[pytest.FixtureRequest, Path], str]:
+    def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+        base = str(request.getfixturevalue(server))
+        return f"{base}{'&' if '?' in base else '?'}prefix=crash-{uuid.uuid4().hex[:10]}"
+
+    return url
+
+
+def _s3(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(request.getfixturevalue("s3_moto_url"))
+
+
+URLS: dict[str, Callable[[pytest.FixtureRequest, Path], str]] = {
+    "files": _files,
+    "redis": _redis("redis_url"),
+    "redis-cluster": _redis("redis_cluster_url"),
+    "s3-moto": _s3,
+}
 
 
 @pytest.fixture(params=sorted(URLS))
 def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of a fresh, empty store, for ``substantial.backends.from_url``."""
-    return URLS[request.param](tmp_path)
+    return URLS[request.param](request, tmp_path)
 
 
 @pytest.fixture
