@@ -41,10 +41,13 @@ class Store:
     server: S3Server
     prefix: str = field(default_factory=lambda: f"test-s3/{uuid.uuid4().hex[:12]}/")
     opened: list[S3Backend] = field(default_factory=list)
+    clients: list[Any] = field(default_factory=list)
 
     def client(self, **config: Any) -> Any:
         credentials = CREDENTIALS if self.server.name != "url" else {}
-        return s3_client(self.server.endpoint_url, **credentials, **config)
+        made = s3_client(self.server.endpoint_url, self.server.region, **credentials, **config)
+        self.clients.append(made)
+        return made
 
     def connect(self, client: Any = None, **kwargs: Any) -> S3Backend:
         backend = S3Backend(
@@ -66,6 +69,8 @@ def store(server: S3Server) -> Iterator[Store]:
     yield made
     for backend in made.opened:
         backend.close()
+    for client in made.clients:
+        client.close()
 
 
 class Requests:

@@ -112,6 +112,7 @@ class S3Server:
     bucket: str
     client: Any
     prefix: str = ""
+    region: str | None = None
 
     def stores(self) -> Stores:
         from substantial.backends.s3 import S3Backend
@@ -280,7 +281,7 @@ def s3_url() -> S3Server:
     client = s3_client(query.get("endpoint_url"), query.get("region"))
     prefix = parsed.path.strip("/")
     prefix = f"{prefix}/substantial-tests/" if prefix else "substantial-tests/"
-    return S3Server("url", query.get("endpoint_url"), parsed.netloc, client, prefix=prefix)
+    return S3Server("url", query.get("endpoint_url"), parsed.netloc, client, prefix=prefix, region=query.get("region"))
 
 
 @pytest.fixture
