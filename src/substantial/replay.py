@@ -365,17 +365,9 @@ class Execution:
         """Resolve ``p`` from the log if it holds the result, else live."""
         if p.group is not None:
             return self._resolve_group(p, p.group)
-        while self._pos < len(self._log):
-            record = self._log[self._pos]
-            self._pos += 1
-            if isinstance(record, ev.MESSAGES):
-                error = self._deliver(record)
-                if error is not None:
-                    self._pending = None
-                    return _Outcome(error=error)
-                continue
-            if isinstance(record, _PASSED):
-                continue
+        while (record := self._next_record()) is not None:
+            if isinstance(record, _Outcome):
+                return record
             if isinstance(record, ev.TERMINAL):
                 self._pos -= 1
                 raise self._diverged(
@@ -389,6 +381,22 @@ class Execution:
         if cancelled is not None:
             return cancelled
         return _LIVE[type(p.command)](self, p)
+
+    def _next_record(self) -> ev.Record | _Outcome | None:
+        """The next step or terminal record, delivering the events before it; None at the log's end.
+
+        A handler's error while delivering comes back as the outcome of the command being resolved.
+        """
+        while self._pos < len(self._log):
+            record = self._log[self._pos]
+            self._pos += 1
+            if isinstance(record, ev.MESSAGES):
+                error = self._deliver(record)
+                if error is not None:
+                    return _Outcome(error=error)
+            elif not isinstance(record, _PASSED):
+                return record
+        return None
 
     @staticmethod
     def _apply(p: _Pending, record: ev.Record) -> None:
@@ -410,16 +418,9 @@ class Execution:
 
     def _resolve_group(self, p: _Pending, g: _Group) -> Resolution:
         """Resolve the children of an all/any from the log, in the order their results were recorded."""
-        while self._pos < len(self._log):
-            record = self._log[self._pos]
-            self._pos += 1
-            if isinstance(record, ev.MESSAGES):
-                error = self._deliver(record)
-                if error is not None:
-                    return _Outcome(error=error)
-                continue
-            if isinstance(record, _PASSED):
-                continue
+        while (record := self._next_record()) is not None:
+            if isinstance(record, _Outcome):
+                return record
             index = record.step - p.step
             if isinstance(record, ev.TERMINAL) or not 0 <= index < len(g.children):
                 self._pos -= 1
