@@ -22,6 +22,7 @@ from substantial.errors import (
     RunNotFound,
     RunReverted,
     StepFailed,
+    StorageError,
     SubstantialError,
     UnknownWorkflow,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "RunReverted",
     "RunStatus",
     "StepFailed",
+    "StorageError",
     "SubstantialError",
     "UnknownWorkflow",
     "Worker",

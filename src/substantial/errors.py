@@ -13,7 +13,8 @@ Every error derives from one root::
     ├── InvalidRunId          a run id that is not allowed
     ├── CodecError            a value the codec cannot encode or decode
     ├── Conflict              the log moved under a conditional write
-    └── CorruptRecord         a stored record that cannot be decoded
+    ├── CorruptRecord         a stored record that cannot be decoded
+    └── StorageError          the store failed for good (S3Error for S3)
 """
 
 from __future__ import annotations
@@ -123,3 +124,7 @@ class Conflict(SubstantialError):
 
 class CorruptRecord(SubstantialError):
     """A stored record cannot be decoded; only its own run is affected."""
+
+
+class StorageError(SubstantialError):
+    """A request to the store failed in a way retrying cannot fix, or retries ran out."""

@@ -42,7 +42,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 )
 
 from substantial.backends.base import Backend, Message, check_run_id
-from substantial.errors import Conflict, CorruptRecord, SubstantialError
+from substantial.errors import Conflict, CorruptRecord, StorageError
 
 log = logging.getLogger("substantial.backends.s3")
 
@@ -87,7 +87,7 @@ _HINTS = {
 }
 
 
-class S3Error(SubstantialError):
+class S3Error(StorageError):
     """An S3 request failed for good: an error retrying cannot fix, or retries ran out."""
 
     def __init__(self, operation: str, key: str, code: str, message: str) -> None:
