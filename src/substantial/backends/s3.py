@@ -42,7 +42,7 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 )
 
 from substantial.backends.base import Backend, Message, check_run_id
-from substantial.errors import Conflict, CorruptRecord, StorageError
+from substantial.errors import Conflict, CorruptRecord, StorageError, SubstantialError
 
 log = logging.getLogger("substantial.backends.s3")
 
