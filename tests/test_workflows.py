@@ -310,3 +310,25 @@ def test_the_sticky_cache_continues_the_live_generator(conductor: Conductor, run
     conductor.start(wf).result(timeout=10)
     # one generator with the cache; without it, one replay from the start per turn
     assert len(entered) == (1 if cache_size else 6)
+
+
+class ListsTwice(MemoryBackend):
+    """A store that lists every due run twice, as a files poll can while a due entry moves."""
+
+    def due(self, queue: str, now: float, limit: int) -> list[str]:
+        return [run_id for run_id in super().due(queue, now, limit) for _ in (0, 1)]
+
+
+def test_a_run_listed_twice_gets_one_turn_at_a_time() -> None:
+    @workflow()
+    def wf(c: Context, i: int) -> Any:
+        for step in range(3):
+            yield c.save(lambda step=step: effect(f"{i}-{step}") and time.sleep(0.02))
+            yield c.sleep(0.001)
+        return i
+
+    conductor = Conductor(ListsTwice())
+    conductor.register(wf)
+    with conductor.run(4, poll_interval=0.01, cache_size=0):
+        assert [r.result(timeout=30) for r in [conductor.start(wf, i) for i in range(20)]] == list(range(20))
+    assert set(effects.values()) == {1}

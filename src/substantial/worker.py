@@ -199,6 +199,7 @@ class Worker:
                     continue
                 with self._lock:
                     self._in_flight[run_id] = self._pool.submit(self._turn, queue, run_id)
+                busy.add(run_id)  # a store may list a run twice while its due entry moves
                 free -= 1
                 took = True
         return took

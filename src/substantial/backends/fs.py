@@ -391,7 +391,7 @@ class FSBackend(Backend):
                 for minute in self._buckets(day, last.parent.name):
                     for entry in self._buckets(minute, last.name):
                         run_id = self._live_entry(queue, entry)
-                        if run_id is not None:
+                        if run_id is not None and run_id not in found:  # listed mid-move: old and new entry
                             found.append(run_id)
                             if len(found) >= limit:
                                 return found
