@@ -93,21 +93,21 @@ class RedisServer:
             self.process.wait(timeout=10)
 
 
-def _have_redis() -> bool:
-    return shutil.which("redis-server") is not None and shutil.which("redis-cli") is not None
+def _given(variable: str) -> str | None:
+    """The URL of a server of the user's own, or None once we know we can start one."""
+    given = os.environ.get(variable)
+    if not given and (shutil.which("redis-server") is None or shutil.which("redis-cli") is None):
+        unavailable(f"redis-server is not installed (apt-get install redis-server) and {variable} is unset")
+    return given
 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A single Redis node for the whole session."""
-    given = os.environ.get("SUBSTANTIAL_TEST_REDIS_URL")
+    given = _given("SUBSTANTIAL_TEST_REDIS_URL")
     if given:
         yield given
         return
-    if not _have_redis():
-        unavailable(
-            "redis-server is not installed (apt-get install redis-server) and SUBSTANTIAL_TEST_REDIS_URL is unset"
-        )
     server = RedisServer(tmp_path_factory.mktemp("redis")).start()
     try:
         yield server.url
@@ -118,12 +118,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis Cluster of three masters on free loopback ports."""
-    given = os.environ.get("SUBSTANTIAL_TEST_REDIS_CLUSTER_URL")
+    given = _given("SUBSTANTIAL_TEST_REDIS_CLUSTER_URL")
     if given:
         yield given
         return
-    if not _have_redis():
-        unavailable("redis-server is not installed and SUBSTANTIAL_TEST_REDIS_CLUSTER_URL is unset")
     root = tmp_path_factory.mktemp("redis-cluster")
     cluster_args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000")
     nodes = [RedisServer(root / f"node{i}", free_port(also_free=10000), cluster_args) for i in range(3)]
