@@ -13,6 +13,7 @@ from substantial.conductor import Conductor, RunHandle
 from substantial.context import Context
 from substantial.errors import (
     CodecError,
+    CompactionError,
     Conflict,
     CorruptRecord,
     InvalidRunId,
@@ -34,6 +35,7 @@ from substantial.workflow import Workflow, workflow
 __all__ = [
     "Codec",
     "CodecError",
+    "CompactionError",
     "Conductor",
     "Conflict",
     "Context",

@@ -61,11 +61,13 @@ class Command:
     """Something a workflow yields; the engine resolves it from the log or live."""
 
     kind: ClassVar[str] = ""
+    #: A name for this command across loop iterations: compact() keeps only the last step of each.
+    key: str | None = field(default=None, kw_only=True)
 
     @property
     def fingerprint(self) -> str:
         """What replay compares besides the kind."""
-        return ""
+        return self.key or ""
 
     def convert(self, value: Any) -> Any:
         """Turn the decoded recorded value into what the workflow receives."""
@@ -84,7 +86,6 @@ class Save(Command):
     compensate_with: Callable[[], Any] | None = None
     retry: Retry = NO_RETRY
     timeout: float | None = None
-    key: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -97,11 +98,6 @@ class Sleep(Command):
 
     kind: ClassVar[str] = "sleep"
     seconds: float
-    key: str | None = None
-
-    @property
-    def fingerprint(self) -> str:
-        return self.key or ""
 
 
 @dataclass(frozen=True)
@@ -111,7 +107,6 @@ class Receive(Command):
     kind: ClassVar[str] = "receive"
     name: str
     timeout: float | None = None
-    key: str | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -128,7 +123,7 @@ class Ensure(Command):
 
     @property
     def fingerprint(self) -> str:
-        return _name_of(self.predicate)
+        return self.key if self.key is not None else _name_of(self.predicate)
 
 
 @dataclass(frozen=True)
@@ -201,8 +196,33 @@ class ContinueUsing(Command):
         return self.workflow
 
 
+@dataclass(frozen=True)
+class Child(Command):
+    """Start the run ``child_id`` of ``workflow`` and wait for its end."""
+
+    kind: ClassVar[str] = "child"
+    workflow: str
+    queue: str = ""  # empty: the worker looks the workflow's queue up
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.workflow
+
+
+@dataclass(frozen=True)
+class Compact(Command):
+    """Drop every keyed step but the last of each key from the log."""
+
+    kind: ClassVar[str] = "compact"
+
+    def convert(self, value: Any) -> Any:
+        return None  # the record holds the number of compactions, for child ids
+
+
 #: What a fan-out may hold.
-FAN_OUT = (Save, Sleep, Receive)
+FAN_OUT = (Save, Sleep, Receive, Child)
 
 
 @dataclass(frozen=True)
@@ -215,7 +235,7 @@ class All(Command):
     def __post_init__(self) -> None:
         for command in self.commands:
             if not isinstance(command, FAN_OUT):
-                raise TypeError(f"{self.kind}() takes saves, sleeps and receives, not {command!r}")
+                raise TypeError(f"{self.kind}() takes saves, sleeps, receives and children, not {command!r}")
         if not self.commands:
             raise ValueError(f"{self.kind}() needs at least one command")
 

@@ -18,10 +18,10 @@ from substantial.backends.base import Backend, Message, check_run_id
 from substantial.codec import Codec, JSONCodec, encode_at
 from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.runs import HistoryEvent, RunInfo, RunStatus, Summary
+from substantial.starts import START_ID, post_start
 from substantial.worker import Worker
 from substantial.workflow import Registry, Workflow
 
-START_ID = "start"  # one start message per run: a repeated start is ingested once
 _END = 2**62  # a read position past any log: reads only its version
 
 
@@ -60,26 +60,24 @@ class Conductor:
         workflow = self.registry.resolve(wf)
         run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
         call = encode_at(self.codec, {"args": list(args), "kwargs": kwargs}, run_id, "the workflow's arguments")
-        raw = self.backend.read_info(run_id)
-        if raw is not None and Summary.from_bytes(raw).workflow != workflow.name:
-            return RunHandle(self, run_id, Summary.from_bytes(raw).queue)  # another workflow's run
-        if raw is None:
-            now = time.time()
-            summary = Summary(workflow.name, workflow.queue, RunStatus.PENDING, now, now)
-            self.backend.write_info(run_id, summary.to_bytes())
-        # posted even when the run exists: a start that died before posting is completed
         started = ev.RunStarted(message_id=START_ID, workflow=workflow.name, queue=workflow.queue, args=call)
-        self._post(workflow.queue, run_id, START_ID, started)
-        return RunHandle(self, run_id, workflow.queue)
+        summary = post_start(self.backend, run_id, started)
+        self._wake_workers()
+        return RunHandle(self, run_id, summary.queue)
 
     def get(self, run_id: str) -> RunHandle:
         """The handle of an existing run; ``RunNotFound`` if there is none."""
         return RunHandle(self, run_id, self.summary(run_id).queue)
 
     def list_runs(
-        self, status: RunStatus | str | None = None, workflow: Workflow | str | None = None, limit: int = 100
+        self,
+        status: RunStatus | str | None = None,
+        workflow: Workflow | str | None = None,
+        limit: int = 100,
+        *,
+        parent: str | None = None,
     ) -> list[RunInfo]:
-        """Runs in id order, filtered by status and workflow, at most ``limit``."""
+        """Runs in id order, filtered by status, workflow and parent (a run's children), at most ``limit``."""
         want_status = RunStatus(status) if status is not None else None
         want_name = workflow.name if isinstance(workflow, Workflow) else workflow
         found: list[RunInfo] = []
@@ -91,7 +89,11 @@ class Conductor:
                 if raw is None:
                     continue
                 summary = Summary.from_bytes(raw)
-                if want_status in (None, summary.status) and want_name in (None, summary.workflow):
+                if (
+                    want_status in (None, summary.status)
+                    and want_name in (None, summary.workflow)
+                    and parent in (None, summary.parent)
+                ):
                     found.append(RunInfo.of(run_id, summary))
             if len(page) < max(limit, 100):
                 break
@@ -134,10 +136,11 @@ class Conductor:
             raise RunNotFound(run_id)
         return Summary.from_bytes(raw)
 
-    def _post(
-        self, queue: str, run_id: str, message_id: str, record: ev.RunStarted | ev.EventReceived | ev.CancelRequested
-    ) -> None:
+    def _post(self, queue: str, run_id: str, message_id: str, record: ev.EventReceived | ev.CancelRequested) -> None:
         self.backend.post(queue, run_id, Message(message_id, ev.encode_message(record)))
+        self._wake_workers()
+
+    def _wake_workers(self) -> None:
         self._workers = [worker for worker in self._workers if not worker.stopped]
         for worker in self._workers:
             worker.wake()
@@ -167,7 +170,7 @@ class Conductor:
 
 def _history_value(record: ev.Record, codec: Codec) -> Any:
     for attribute in ("value", "args", "payload"):
-        if isinstance(getattr(record, attribute, None), bytes):
+        if getattr(record, attribute, None):
             return codec.decode(getattr(record, attribute))
     for attribute in ("error", "reason", "fire_at", "next_at", "message", "message_id"):
         if hasattr(record, attribute):

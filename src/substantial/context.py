@@ -11,7 +11,9 @@ from substantial.commands import (
     NO_RETRY,
     All,
     AnyOf,
+    Child,
     Command,
+    Compact,
     ContinueUsing,
     Ensure,
     Now,
@@ -113,25 +115,25 @@ class Context:
         """Call ``cb(payload)`` (or ``cb()``) for every event ``name``, past ones first."""
         self._runtime.register_handler(name, cb)
 
-    def ensure(self, pred: Callable[[], Any], *, timeout: Seconds | None = None) -> Ensure:
+    def ensure(self, pred: Callable[[], Any], *, timeout: Seconds | None = None, key: str | None = None) -> Ensure:
         """Wait until ``pred()`` is true; re-checked whenever events arrive.
 
         Raises ``TimeoutError`` at the ``yield`` when ``timeout`` passes first;
         an error inside ``pred`` is raised there as ``StepFailed``.
         """
-        return Ensure(predicate=pred, timeout=None if timeout is None else seconds(timeout))
+        return Ensure(predicate=pred, timeout=None if timeout is None else seconds(timeout), key=key)
 
-    def now(self) -> Now:
+    def now(self, *, key: str | None = None) -> Now:
         """The current UTC ``datetime``, the same on every replay."""
-        return Now()
+        return Now(key=key)
 
-    def random(self) -> Random:
+    def random(self, *, key: str | None = None) -> Random:
         """A float in [0, 1), the same on every replay."""
-        return Random()
+        return Random(key=key)
 
-    def uuid4(self) -> Uuid4:
+    def uuid4(self, *, key: str | None = None) -> Uuid4:
         """A random ``uuid.UUID``, the same on every replay."""
-        return Uuid4()
+        return Uuid4(key=key)
 
     def patched(self, change_id: str) -> Patched:
         """Yields True where change ``change_id`` applies, False for runs already past this point.
@@ -157,6 +159,27 @@ class Context:
         again, so a workflow that loops forever keeps a bounded log.
         """
         return ContinueUsing(workflow=wf if isinstance(wf, str) else wf.name, args=args, kwargs=kwargs)
+
+    def child(self, wf: Workflow | str, *args: Any, **kwargs: Any) -> Child:
+        """Yields the result of a child run of ``wf``; its failure is raised as ``StepFailed``.
+
+        The child's id is the parent's id and this step's number, so a replay
+        or another worker never starts it twice. Cancelling the parent cancels
+        the child; so does ending the parent while the child still runs.
+        """
+        if isinstance(wf, str):
+            return Child(workflow=wf, args=args, kwargs=kwargs)
+        return Child(workflow=wf.name, queue=wf.queue, args=args, kwargs=kwargs)
+
+    def compact(self) -> Compact:
+        """Drop from the log every keyed step but the last of each key.
+
+        For workflows that loop forever: give every command inside the loop
+        a ``key`` and keep the loop's state in their results, and the log
+        stays bounded. A compaction that a replay could not follow raises
+        ``CompactionError`` here and leaves the log as it was.
+        """
+        return Compact()
 
     def all(self, commands: Iterable[Command]) -> All:
         """Yields the results of every command, in the order given.

@@ -128,3 +128,12 @@ class CorruptRecord(SubstantialError):
 
 class StorageError(SubstantialError):
     """A request to the store failed in a way retrying cannot fix, or retries ran out."""
+
+
+class CompactionError(SubstantialError):
+    """``compact()`` would leave a log that replay cannot follow; the log was kept whole.
+
+    Compaction keeps the last step of each key and every step without one, so
+    a replay must meet them in that order: give every command inside the
+    loop a key (and keep state in their results), or compact outside it.
+    """

@@ -37,6 +37,8 @@ class Record:
     at: float = 0.0
     command: str = ""
     fingerprint: str = ""
+    #: the command had a key: compact() keeps only the last step of each
+    keyed: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,6 +49,8 @@ class RunStarted(Record):
     queue: str
     args: bytes
     generation: int = 0
+    parent: str = ""
+    parent_queue: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,12 +156,41 @@ class RunReverted(Record):
     reason: str = ""
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChildStarted(Record):
+    field = "child_started"
+    child_id: str
+    workflow: str
+    queue: str
+    args: bytes
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChildEnded(Record):
+    field = "child_ended"
+    message_id: str
+    child_id: str
+    status: str
+    value: bytes = b""
+    error: Failure = Failure("", "")
+
+
 #: Records that end a run.
 TERMINAL = (RunCompleted, RunFailed, RunCancelled, RunReverted)
 #: Records that arrive from outside through the inbox.
-MESSAGES = (RunStarted, EventReceived, CancelRequested)
+MESSAGES = (RunStarted, EventReceived, CancelRequested, ChildEnded)
+Message = RunStarted | EventReceived | CancelRequested | ChildEnded
 #: Records that belong to a step (carry command and fingerprint).
-STEP_RECORDS = (StepCompleted, StepFailed, StepAttempt, TimerSet, TimerFired, EventConsumed, StepCancelled)
+STEP_RECORDS = (
+    StepCompleted,
+    StepFailed,
+    StepAttempt,
+    TimerSet,
+    TimerFired,
+    EventConsumed,
+    StepCancelled,
+    ChildStarted,
+)
 
 _BY_FIELD: dict[str, type[Record]] = {
     cls.field: cls
@@ -178,10 +211,12 @@ _BY_FIELD: dict[str, type[Record]] = {
         RunCancelled,
         PatchMarked,
         RunReverted,
+        ChildStarted,
+        ChildEnded,
     )
 }
 _BASE = {f.name for f in dataclasses.fields(Record)}
-_INBOX_FIELD = {RunStarted: "start", EventReceived: "send", CancelRequested: "cancel"}
+_INBOX_FIELD = {RunStarted: "start", EventReceived: "send", CancelRequested: "cancel", ChildEnded: "child_ended"}
 
 
 def _fill(msg: Any, record: Record) -> None:
@@ -209,7 +244,9 @@ def _build(cls: type[Record], msg: Any, base: dict[str, Any]) -> Record:
 
 def encode(record: Record) -> bytes:
     """Serialise one log record."""
-    event = pb.Event(step=record.step, at=record.at, command=record.command, fingerprint=record.fingerprint)
+    event = pb.Event(
+        step=record.step, at=record.at, command=record.command, fingerprint=record.fingerprint, keyed=record.keyed
+    )
     body = getattr(event, record.field)
     body.SetInParent()  # marks the oneof even when every field is empty
     _fill(body, record)
@@ -226,11 +263,17 @@ def decode(data: bytes) -> Record:
     kind = event.WhichOneof("record")
     if kind is None or kind not in _BY_FIELD:
         raise CorruptRecord(f"log record of unknown kind {kind!r}: written by a newer version?")
-    base = {"step": event.step, "at": event.at, "command": event.command, "fingerprint": event.fingerprint}
+    base = {
+        "step": event.step,
+        "at": event.at,
+        "command": event.command,
+        "fingerprint": event.fingerprint,
+        "keyed": event.keyed,
+    }
     return _build(_BY_FIELD[kind], getattr(event, kind), base)
 
 
-def encode_message(record: RunStarted | EventReceived | CancelRequested) -> bytes:
+def encode_message(record: Message) -> bytes:
     """Serialise an inbox message (what a sender posts)."""
     inbox = pb.Inbox()
     _fill(getattr(inbox, _INBOX_FIELD[type(record)]), record)
@@ -238,7 +281,7 @@ def encode_message(record: RunStarted | EventReceived | CancelRequested) -> byte
     return data
 
 
-def decode_message(data: bytes, at: float) -> RunStarted | EventReceived | CancelRequested:
+def decode_message(data: bytes, at: float) -> Message:
     """Parse an inbox message into the record it becomes in the log."""
     try:
         inbox = pb.Inbox.FromString(data)
@@ -248,6 +291,6 @@ def decode_message(data: bytes, at: float) -> RunStarted | EventReceived | Cance
     for cls, name in _INBOX_FIELD.items():
         if name == kind:
             record = _build(cls, getattr(inbox, kind), {"at": at})
-            assert isinstance(record, (RunStarted, EventReceived, CancelRequested))
+            assert isinstance(record, MESSAGES)
             return record
     raise CorruptRecord(f"inbox message of unknown kind {kind!r}")

@@ -8,6 +8,8 @@ returns; the same object, kept alive, is the sticky cache.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import inspect
 import random
 import threading
@@ -24,7 +26,9 @@ from substantial.codec import Codec, encode_at
 from substantial.commands import (
     All,
     AnyOf,
+    Child,
     Command,
+    Compact,
     Compensate,
     ContinueUsing,
     Ensure,
@@ -37,8 +41,18 @@ from substantial.commands import (
     Sleep,
     Uuid4,
 )
+from substantial.compaction import compact_log
 from substantial.context import Context
-from substantial.errors import CodecError, CorruptRecord, NonDeterminismError, RunCancelled, StepFailed
+from substantial.defaults import MAX_RUN_ID
+from substantial.errors import (
+    CodecError,
+    CompactionError,
+    CorruptRecord,
+    NonDeterminismError,
+    RunCancelled,
+    RunReverted,
+    StepFailed,
+)
 from substantial.workflow import Workflow
 
 Clock = Callable[[], float]
@@ -86,6 +100,10 @@ class _Again:
     """Persist what is pending, then resolve the same command again."""
 
 
+class _ReplayEnd(Exception):
+    """A replay-only execution reached the end of its log (see ``Execution.replay``)."""
+
+
 AGAIN = _Again()
 _ENDED = object()
 Resolution = _Outcome | _Blocked | _Again
@@ -101,6 +119,7 @@ class _Pending:
     next_at: float | None = None
     fire_at: float | None = None
     group: _Group | None = None
+    child_id: str | None = None  # a child command's run, once started
 
 
 @dataclass
@@ -186,6 +205,12 @@ class Execution:
         self._pos = 0
         self.seen: set[str] = set()
         self._logged = 0
+        self._children: dict[str, ev.ChildStarted] = {}  # started, by child id
+        self._ended: set[str] = set()  # children whose end is in the log
+        self._child_ends: dict[str, ev.ChildEnded] = {}  # ends delivered so far
+        self._marker = -1  # position of the compaction's record: log lines before it were emitted
+        self._compactions = 0
+        self._dry = False
         self.feed(log)
         self._gen: Generator[Any, Any, Any] | None = None
         self._ready = _Outcome()
@@ -211,16 +236,71 @@ class Execution:
     def feed(self, records: Sequence[ev.Record]) -> None:
         """Add records appended after those already known (ingested messages)."""
         for record in records:
-            if isinstance(record, ev.MESSAGES):
-                self.seen.add(record.message_id)
-            elif isinstance(record, ev.Logged):
-                self._logged += 1
-        self._log.extend(records)
+            self._log.append(record)
+            self._track(record)
+
+    def _track(self, record: ev.Record) -> None:
+        """Note what a record added to the log says about messages, log lines, children, compactions."""
+        if isinstance(record, ev.MESSAGES):
+            self.seen.add(record.message_id)
+            if isinstance(record, ev.ChildEnded):
+                self._ended.add(record.child_id)
+        elif isinstance(record, ev.Logged):
+            self._logged += 1
+        elif isinstance(record, ev.ChildStarted):
+            self._children[record.child_id] = record
+        elif isinstance(record, ev.StepCompleted) and record.command == Compact.kind:
+            self._marker, self._logged = len(self._log) - 1, 0
+            self._compactions = self._codec.decode(record.value)
 
     @property
     def length(self) -> int:
         """Number of log records this execution knows, its own new ones included."""
         return len(self._log)
+
+    # -- children, for the worker ---------------------------------------------
+
+    @property
+    def started(self) -> ev.RunStarted:
+        record = self._log[0] if self._log else None
+        if not isinstance(record, ev.RunStarted):
+            raise CorruptRecord(f"run {self.run_id!r}: the log does not begin with RunStarted")
+        return record
+
+    def children_waited(self) -> list[ev.ChildStarted]:
+        """Started children the run waits for and has not heard the end of: their start is (re)posted."""
+        return [self._children[c] for c in self._waited() if c in self._children and c not in self._ended]
+
+    def children_dropped(self) -> list[ev.ChildStarted]:
+        """Started children nothing waits for any more (cancelled, lost an any, run ended): to cancel."""
+        if len(self._children) == len(self._ended):
+            return []
+        waited = self._waited()
+        return [r for c, r in self._children.items() if c not in self._ended and c not in waited]
+
+    def _waited(self) -> set[str]:
+        p = self._pending
+        if p is None or self.state != "running":
+            return set()
+        if p.group is None:
+            return {p.child_id} if p.child_id is not None else set()
+        children = zip(p.group.children, p.group.outcomes, strict=True)
+        return {c.child_id for c, done in children if c.child_id and done is None}
+
+    def ended_message(self) -> ev.ChildEnded | None:
+        """For a child run that has ended: what its parent is told, else None."""
+        end = self._log[-1] if self._log else None
+        if not self.started.parent or not isinstance(end, ev.TERMINAL):
+            return None
+        digest = hashlib.sha256(self.run_id.encode()).hexdigest()[:40]
+        status = TERMINAL_STATE[type(end)]
+        record = ev.ChildEnded(message_id=f"child-ended.{digest}", child_id=self.run_id, status=status)
+        if isinstance(end, ev.RunCompleted):
+            return dataclasses.replace(record, value=end.value)
+        if isinstance(end, ev.RunFailed):
+            return dataclasses.replace(record, error=end.error)
+        error = RunCancelled(end.reason) if isinstance(end, ev.RunCancelled) else RunReverted(self.run_id, end.reason)
+        return dataclasses.replace(record, error=failure_of(error))
 
     # -- the drive loop ----------------------------------------------------
 
@@ -377,6 +457,8 @@ class Execution:
             if record.final:
                 return self._from_log(p.command, record)
             self._apply(p, record)
+        if self._dry:
+            raise _ReplayEnd
         cancelled = self._cancelled(p)
         if cancelled is not None:
             return cancelled
@@ -405,6 +487,8 @@ class Execution:
             p.attempts, p.next_at = record.attempt, record.next_at
         elif isinstance(record, ev.TimerSet):
             p.fire_at = record.fire_at
+        elif isinstance(record, ev.ChildStarted):
+            p.child_id = record.child_id
 
     def _cancelled(self, p: _Pending) -> _Outcome | None:
         """A delivered cancel makes the command being resolved live raise ``RunCancelled``."""
@@ -435,6 +519,8 @@ class Execution:
                     return done
             else:
                 self._apply(child, record)
+        if self._dry:
+            raise _ReplayEnd
         return self._live_group(p, g)
 
     def _settle(self, g: _Group, index: int, outcome: _Outcome) -> None:
@@ -559,11 +645,15 @@ class Execution:
         return TimeoutError(f"{command.describe()} timed out")
 
     def _record(self, p: _Pending, cls: type[ev.Record], **fields: Any) -> None:
-        record = cls(step=p.step, at=self._clock(), command=p.command.kind, fingerprint=p.command.fingerprint, **fields)
-        self._append(record)
+        cmd = p.command
+        keyed = cmd.key is not None
+        self._append(
+            cls(step=p.step, at=self._clock(), command=cmd.kind, fingerprint=cmd.fingerprint, keyed=keyed, **fields)
+        )
 
     def _append(self, record: ev.Record) -> None:
         self._log.append(record)
+        self._track(record)
         self._pos = len(self._log)
         self._new.append(record)
 
@@ -667,6 +757,67 @@ class Execution:
         self.state = "continued"
         return _Outcome(None)
 
+    def _live_child(self, p: _Pending) -> Resolution:
+        """Start the child (record it; the worker posts its start), then wait for its end to be delivered."""
+        assert isinstance(p.command, Child)
+        cmd = p.command
+        child_id = p.child_id or self._child_id(p.step)
+        ended = self._child_ends.get(child_id)
+        if ended is not None:
+            if ended.status == "completed":
+                self._record(p, ev.StepCompleted, value=ended.value)
+                return _Outcome(self._codec.decode(ended.value))
+            self._record(p, ev.StepFailed, error=ended.error, attempts=1)
+            return _Outcome(error=StepFailed(ended.error.type, ended.error.message, ended.error.traceback))
+        if p.child_id is None:
+            try:
+                args = self._encode({"args": list(cmd.args), "kwargs": cmd.kwargs}, f"child arguments at step {p.step}")
+            except CodecError as e:
+                return _Outcome(error=e)
+            self._record(p, ev.ChildStarted, child_id=child_id, workflow=cmd.workflow, queue=cmd.queue, args=args)
+            p.child_id = child_id
+        return _Blocked(None, f"child {child_id}")
+
+    def _child_id(self, step: int) -> str:
+        """The id of the child started at ``step``: the parent's id, its generation and compactions, the step."""
+        started = self._log[0]
+        assert isinstance(started, ev.RunStarted)
+        generation, compactions = started.generation, self._compactions
+        epoch = f"{generation}.{compactions}." if generation or compactions else ""
+        child_id = f"{self.run_id}.{epoch}{step}"
+        if len(child_id) > MAX_RUN_ID:
+            child_id = f"{self.run_id[:64]}.{hashlib.sha256(child_id.encode()).hexdigest()[:40]}"
+        return child_id
+
+    def _live_compact(self, p: _Pending) -> Resolution:
+        """Build the compacted log and check that a replay follows it; the worker then swaps it in."""
+        if any(not isinstance(r, ev.Logged) for r in self._new):
+            return AGAIN  # compact what is stored, nothing less
+        handled = {name for name, inbox in self._inboxes.items() if inbox.handlers}
+        marker = ev.StepCompleted(
+            at=self._clock(), command=Compact.kind, keyed=True, value=self._encode(self._compactions + 1, "compact")
+        )
+        records = compact_log(self._log, handled, marker)
+        try:
+            Execution(self.run_id, self.workflow, self._codec, records).replay()
+        except (NonDeterminismError, CompactionError, CorruptRecord) as e:
+            error = e if isinstance(e, CompactionError) else CompactionError(f"replaying the compacted log: {e}")
+            self._record(p, ev.StepFailed, error=failure_of(error), attempts=1)
+            return _Outcome(error=StepFailed(*_failure_fields(error)))
+        self._next_generation = records
+        self.state = "continued"
+        return _Outcome(None)
+
+    def replay(self) -> None:
+        """Replay the log to its end without running anything live; errors if the code does not follow it."""
+        self._dry = True
+        try:
+            self.advance(lambda: 0.0)
+        except _ReplayEnd:
+            pass
+        finally:
+            self.close()
+
     def _live_revert(self, p: _Pending) -> Resolution:
         self._record(p, ev.StepCompleted, value=self._encode(None, f"step {p.step}"))
         return _Outcome(None)
@@ -682,6 +833,8 @@ class Execution:
         """Hand an ingested message to its queue and handlers; a handler's error is returned."""
         if isinstance(record, ev.CancelRequested):
             self._cancel = record.reason
+        elif isinstance(record, ev.ChildEnded):
+            self._child_ends[record.child_id] = record
         elif isinstance(record, ev.EventReceived):
             inbox = self._inboxes.setdefault(record.name, _Inbox())
             message = _Message(record.message_id, record.payload)
@@ -715,11 +868,12 @@ class Execution:
         inbox.handlers.append(handler)
 
     def emit_log(self, level: int, message: str) -> None:
+        if self._pos <= self._marker:
+            return  # replaying steps that a compaction folded: emitted long ago
         seq = self._log_calls
         self._log_calls += 1
         if self._closing or seq < self._logged:
             return  # emitted by the turn that recorded it
-        self._logged += 1
         self._append(ev.Logged(at=self._clock(), seq=seq, level=level, message=message))
 
     # -- the end -----------------------------------------------------------
@@ -740,6 +894,9 @@ class Execution:
                     "A command was removed.",
                 )
             self._pos += 1
+        if self._dry:
+            ended = "returned" if kind is ev.RunCompleted else f"raised {outcome!r}"
+            raise CompactionError(f"run {self.run_id!r}: replaying the compacted log, the workflow {ended}")
         if kind is ev.RunCompleted:
             try:
                 self._append(ev.RunCompleted(at=self._clock(), value=self._encode(outcome, "the return value")))
@@ -782,6 +939,8 @@ _LIVE: dict[type[Command], Callable[[Execution, _Pending], Resolution]] = {
     Compensate: Execution._live_save,
     Revert: Execution._live_revert,
     ContinueUsing: Execution._live_continue,
+    Child: Execution._live_child,
+    Compact: Execution._live_compact,
     Sleep: Execution._live_sleep,
     Receive: Execution._live_receive,
     Ensure: Execution._live_ensure,

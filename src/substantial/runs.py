@@ -49,6 +49,7 @@ class Summary:
     last_error: str = ""
     turn_failures: int = 0
     generation: int = 0
+    parent: str = ""  # the run that started this one with child()
 
     def to_bytes(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()
@@ -92,6 +93,8 @@ class RunInfo:
     last_error: str = ""
     #: how many times the run went on as a new history (continue_using)
     generation: int = 0
+    #: the run that started this one with ``child()``, else ""
+    parent: str = ""
 
     @classmethod
     def of(cls, run_id: str, summary: Summary, result: Any = None, error: Failure | None = None) -> RunInfo:
@@ -110,6 +113,7 @@ class RunInfo:
             error=error,
             last_error=summary.last_error,
             generation=summary.generation,
+            parent=summary.parent,
         )
 
 

@@ -21,6 +21,7 @@ from substantial.codec import Codec
 from substantial.errors import Conflict, CorruptRecord
 from substantial.replay import TERMINAL_STATE, Execution, Progress
 from substantial.runs import RunStatus, Summary
+from substantial.starts import START_ID, is_finished, post_start
 from substantial.workflow import Registry
 
 log = logging.getLogger("substantial.worker")
@@ -34,6 +35,9 @@ _STATUS = {
     "cancelled": RunStatus.CANCELLED,
     "reverted": RunStatus.REVERTED,
 }
+
+
+_PARENT_CANCEL = "cancel-by-parent"  # one id: a parent's repeated cancels are ingested once
 
 
 class _Abandoned(Exception):
@@ -283,6 +287,7 @@ class _Turn:
         self.run_id = run_id
         self.version = 0
         self.status_before: RunStatus | None = None
+        self.cached = False  # the execution came from the sticky cache: nothing left unposted
 
     def run(self) -> None:
         messages = self.backend.take_inbox(self.run_id)
@@ -310,6 +315,7 @@ class _Turn:
             execution, self.version = cached
             newer, _ = self.backend.read_log(self.run_id, after=self.version)
             if not newer:
+                self.cached = True
                 return execution
             execution.close()  # another worker wrote: replay from the log
         raw, self.version = self.backend.read_log(self.run_id)
@@ -359,9 +365,10 @@ class _Turn:
             self.backend.ack(self.run_id, [m.id for m in messages])
 
     def _tidy_finished(self, execution: Execution, messages: list[Message]) -> None:
-        """A finished log: make sure the summary says so (a worker may have died first), unschedule."""
+        """A finished log: finish what a worker that died after its end left undone, unschedule."""
         execution.close()
         self._set_summary(_STATUS[execution.state], waiting_for="", due_at=None)
+        self._tell_relatives(execution)
         self.backend.unschedule(self.queue, self.run_id)
         if messages:
             log.info("run %s has finished: dropping %d message(s) sent to it", self.run_id, len(messages))
@@ -377,6 +384,7 @@ class _Turn:
                 encoded = [ev.encode(r) for r in progress.records]
                 self.version = self.backend.append_log(self.run_id, encoded, self.version)
                 self._emit_logs(execution, progress.records)
+                self._start_children(r for r in progress.records if isinstance(r, ev.ChildStarted))
             if progress.state == "continued":
                 execution = self._next_generation(execution, progress.next_generation or [])
             elif progress.state != "running":
@@ -420,13 +428,50 @@ class _Turn:
             self.backend.schedule(self.queue, self.run_id, progress.due_at)
             self.w.note_due(progress.due_at)
         else:
+            if progress.state != "running":
+                self._tell_relatives(execution)
             self.backend.unschedule(self.queue, self.run_id)
         if progress.state == "waiting":
+            if not self.cached:  # a worker may have died between recording a child and starting it
+                self._start_children(execution.children_waited())
+            self._cancel_children(execution.children_dropped())
             if self.backend.take_inbox(self.run_id):
                 self.backend.schedule(self.queue, self.run_id, now)
             self.w._cache.put(self.run_id, execution, self.version)
         else:
             execution.close()
+
+    def _start_children(self, children: Iterable[ev.ChildStarted]) -> None:
+        for child in children:
+            started = ev.RunStarted(
+                message_id=START_ID,
+                workflow=child.workflow,
+                queue=child.queue or self.w._registry.get(child.workflow).queue,
+                args=child.args,
+                parent=self.run_id,
+                parent_queue=self.queue,
+            )
+            post_start(self.backend, child.child_id, started)
+            self.w.wake()
+
+    def _cancel_children(self, children: Iterable[ev.ChildStarted], *, unless_finished: bool = False) -> None:
+        for child in children:
+            if unless_finished and is_finished(self.backend, child.child_id):
+                continue
+            reason = f"its parent run {self.run_id!r} no longer waits for it"
+            record = ev.CancelRequested(message_id=_PARENT_CANCEL, reason=reason)
+            queue = child.queue or self.w._registry.get(child.workflow).queue
+            self.backend.post(queue, child.child_id, Message(_PARENT_CANCEL, ev.encode_message(record)))
+            self.w.wake()
+
+    def _tell_relatives(self, execution: Execution) -> None:
+        """A run that ended: cancel the children still running, tell a parent that waits."""
+        self._cancel_children(execution.children_dropped(), unless_finished=True)
+        ended = execution.ended_message()
+        parent = execution.started
+        if ended is not None and not is_finished(self.backend, parent.parent):
+            self.backend.post(parent.parent_queue, parent.parent, Message(ended.message_id, ev.encode_message(ended)))
+            self.w.wake()
 
     def _set_summary(self, status: RunStatus, **changes: object) -> None:
         raw = self.backend.read_info(self.run_id)

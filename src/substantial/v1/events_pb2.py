@@ -13,7 +13,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsubstantial/v1/events.proto\x12\x0esubstantial.v1\"\xa2\x07\n\x05\x45vent\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\x31\n\x0brun_started\x18\n \x01(\x0b\x32\x1a.substantial.v1.RunStartedH\x00\x12\x37\n\x0estep_completed\x18\x0b \x01(\x0b\x32\x1d.substantial.v1.StepCompletedH\x00\x12\x31\n\x0bstep_failed\x18\x0c \x01(\x0b\x32\x1a.substantial.v1.StepFailedH\x00\x12\x33\n\x0cstep_attempt\x18\r \x01(\x0b\x32\x1b.substantial.v1.StepAttemptH\x00\x12-\n\ttimer_set\x18\x0e \x01(\x0b\x32\x18.substantial.v1.TimerSetH\x00\x12\x31\n\x0btimer_fired\x18\x0f \x01(\x0b\x32\x1a.substantial.v1.TimerFiredH\x00\x12\x37\n\x0e\x65vent_received\x18\x10 \x01(\x0b\x32\x1d.substantial.v1.EventReceivedH\x00\x12\x37\n\x0e\x65vent_consumed\x18\x11 \x01(\x0b\x32\x1d.substantial.v1.EventConsumedH\x00\x12(\n\x06logged\x18\x12 \x01(\x0b\x32\x16.substantial.v1.LoggedH\x00\x12;\n\x10\x63\x61ncel_requested\x18\x13 \x01(\x0b\x32\x1f.substantial.v1.CancelRequestedH\x00\x12\x37\n\x0estep_cancelled\x18\x14 \x01(\x0b\x32\x1d.substantial.v1.StepCancelledH\x00\x12\x35\n\rrun_completed\x18\x15 \x01(\x0b\x32\x1c.substantial.v1.RunCompletedH\x00\x12/\n\nrun_failed\x18\x16 \x01(\x0b\x32\x19.substantial.v1.RunFailedH\x00\x12\x35\n\rrun_cancelled\x18\x17 \x01(\x0b\x32\x1c.substantial.v1.RunCancelledH\x00\x12\x33\n\x0cpatch_marked\x18\x18 \x01(\x0b\x32\x1b.substantial.v1.PatchMarkedH\x00\x12\x33\n\x0crun_reverted\x18\x19 \x01(\x0b\x32\x1b.substantial.v1.RunRevertedH\x00\x42\x08\n\x06record\";\n\x07\x46\x61ilure\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"c\n\nRunStarted\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x01(\x0c\x12\x12\n\ngeneration\x18\x05 \x01(\r\"3\n\rStepCompleted\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ompensable\x18\x02 \x01(\x08\"F\n\nStepFailed\x12&\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x17.substantial.v1.Failure\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\r\"W\n\x0bStepAttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.substantial.v1.Failure\x12\x0f\n\x07next_at\x18\x03 \x01(\x01\"\x1b\n\x08TimerSet\x12\x0f\n\x07\x66ire_at\x18\x01 \x01(\x01\"\x0c\n\nTimerFired\"B\n\rEventReceived\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"#\n\rEventConsumed\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"5\n\x06Logged\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\r\n\x05level\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"5\n\x0f\x43\x61ncelRequested\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\rStepCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1d\n\x0cRunCompleted\x12\r\n\x05value\x18\x01 \x01(\x0c\"3\n\tRunFailed\x12&\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x17.substantial.v1.Failure\"\x1e\n\x0cRunCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\" \n\x0bPatchMarked\x12\x11\n\tchange_id\x18\x01 \x01(\t\"\x1d\n\x0bRunReverted\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xa1\x01\n\x05Inbox\x12+\n\x05start\x18\x01 \x01(\x0b\x32\x1a.substantial.v1.RunStartedH\x00\x12-\n\x04send\x18\x02 \x01(\x0b\x32\x1d.substantial.v1.EventReceivedH\x00\x12\x31\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1f.substantial.v1.CancelRequestedH\x00\x42\t\n\x07messageb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsubstantial/v1/events.proto\x12\x0esubstantial.v1\"\x9b\x08\n\x05\x45vent\x12\x0c\n\x04step\x18\x01 \x01(\r\x12\n\n\x02\x61t\x18\x02 \x01(\x01\x12\x0f\n\x07\x63ommand\x18\x03 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x04 \x01(\t\x12\r\n\x05keyed\x18\x05 \x01(\x08\x12\x31\n\x0brun_started\x18\n \x01(\x0b\x32\x1a.substantial.v1.RunStartedH\x00\x12\x37\n\x0estep_completed\x18\x0b \x01(\x0b\x32\x1d.substantial.v1.StepCompletedH\x00\x12\x31\n\x0bstep_failed\x18\x0c \x01(\x0b\x32\x1a.substantial.v1.StepFailedH\x00\x12\x33\n\x0cstep_attempt\x18\r \x01(\x0b\x32\x1b.substantial.v1.StepAttemptH\x00\x12-\n\ttimer_set\x18\x0e \x01(\x0b\x32\x18.substantial.v1.TimerSetH\x00\x12\x31\n\x0btimer_fired\x18\x0f \x01(\x0b\x32\x1a.substantial.v1.TimerFiredH\x00\x12\x37\n\x0e\x65vent_received\x18\x10 \x01(\x0b\x32\x1d.substantial.v1.EventReceivedH\x00\x12\x37\n\x0e\x65vent_consumed\x18\x11 \x01(\x0b\x32\x1d.substantial.v1.EventConsumedH\x00\x12(\n\x06logged\x18\x12 \x01(\x0b\x32\x16.substantial.v1.LoggedH\x00\x12;\n\x10\x63\x61ncel_requested\x18\x13 \x01(\x0b\x32\x1f.substantial.v1.CancelRequestedH\x00\x12\x37\n\x0estep_cancelled\x18\x14 \x01(\x0b\x32\x1d.substantial.v1.StepCancelledH\x00\x12\x35\n\rrun_completed\x18\x15 \x01(\x0b\x32\x1c.substantial.v1.RunCompletedH\x00\x12/\n\nrun_failed\x18\x16 \x01(\x0b\x32\x19.substantial.v1.RunFailedH\x00\x12\x35\n\rrun_cancelled\x18\x17 \x01(\x0b\x32\x1c.substantial.v1.RunCancelledH\x00\x12\x33\n\x0cpatch_marked\x18\x18 \x01(\x0b\x32\x1b.substantial.v1.PatchMarkedH\x00\x12\x33\n\x0crun_reverted\x18\x19 \x01(\x0b\x32\x1b.substantial.v1.RunRevertedH\x00\x12\x35\n\rchild_started\x18\x1a \x01(\x0b\x32\x1c.substantial.v1.ChildStartedH\x00\x12\x31\n\x0b\x63hild_ended\x18\x1b \x01(\x0b\x32\x1a.substantial.v1.ChildEndedH\x00\x42\x08\n\x06record\";\n\x07\x46\x61ilure\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x11\n\ttraceback\x18\x03 \x01(\t\"\x89\x01\n\nRunStarted\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x01(\x0c\x12\x12\n\ngeneration\x18\x05 \x01(\r\x12\x0e\n\x06parent\x18\x06 \x01(\t\x12\x14\n\x0cparent_queue\x18\x07 \x01(\t\"3\n\rStepCompleted\x12\r\n\x05value\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ompensable\x18\x02 \x01(\x08\"F\n\nStepFailed\x12&\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x17.substantial.v1.Failure\x12\x10\n\x08\x61ttempts\x18\x02 \x01(\r\"W\n\x0bStepAttempt\x12\x0f\n\x07\x61ttempt\x18\x01 \x01(\r\x12&\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x17.substantial.v1.Failure\x12\x0f\n\x07next_at\x18\x03 \x01(\x01\"\x1b\n\x08TimerSet\x12\x0f\n\x07\x66ire_at\x18\x01 \x01(\x01\"\x0c\n\nTimerFired\"B\n\rEventReceived\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\"#\n\rEventConsumed\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"5\n\x06Logged\x12\x0b\n\x03seq\x18\x01 \x01(\r\x12\r\n\x05level\x18\x02 \x01(\r\x12\x0f\n\x07message\x18\x03 \x01(\t\"5\n\x0f\x43\x61ncelRequested\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x1f\n\rStepCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x1d\n\x0cRunCompleted\x12\r\n\x05value\x18\x01 \x01(\x0c\"3\n\tRunFailed\x12&\n\x05\x65rror\x18\x01 \x01(\x0b\x32\x17.substantial.v1.Failure\"\x1e\n\x0cRunCancelled\x12\x0e\n\x06reason\x18\x01 \x01(\t\" \n\x0bPatchMarked\x12\x11\n\tchange_id\x18\x01 \x01(\t\"\x1d\n\x0bRunReverted\x12\x0e\n\x06reason\x18\x01 \x01(\t\"O\n\x0c\x43hildStarted\x12\x10\n\x08\x63hild_id\x18\x01 \x01(\t\x12\x10\n\x08workflow\x18\x02 \x01(\t\x12\r\n\x05queue\x18\x03 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x04 \x01(\x0c\"y\n\nChildEnded\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08\x63hild_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x0c\x12&\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x17.substantial.v1.Failure\"\xd4\x01\n\x05Inbox\x12+\n\x05start\x18\x01 \x01(\x0b\x32\x1a.substantial.v1.RunStartedH\x00\x12-\n\x04send\x18\x02 \x01(\x0b\x32\x1d.substantial.v1.EventReceivedH\x00\x12\x31\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x1f.substantial.v1.CancelRequestedH\x00\x12\x31\n\x0b\x63hild_ended\x18\x04 \x01(\x0b\x32\x1a.substantial.v1.ChildEndedH\x00\x42\t\n\x07messageb\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'substantial.v1.events_pb2', globals())
@@ -21,41 +21,45 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   _EVENT._serialized_start=48
-  _EVENT._serialized_end=978
-  _FAILURE._serialized_start=980
-  _FAILURE._serialized_end=1039
-  _RUNSTARTED._serialized_start=1041
-  _RUNSTARTED._serialized_end=1140
-  _STEPCOMPLETED._serialized_start=1142
-  _STEPCOMPLETED._serialized_end=1193
-  _STEPFAILED._serialized_start=1195
-  _STEPFAILED._serialized_end=1265
-  _STEPATTEMPT._serialized_start=1267
-  _STEPATTEMPT._serialized_end=1354
-  _TIMERSET._serialized_start=1356
-  _TIMERSET._serialized_end=1383
-  _TIMERFIRED._serialized_start=1385
-  _TIMERFIRED._serialized_end=1397
-  _EVENTRECEIVED._serialized_start=1399
-  _EVENTRECEIVED._serialized_end=1465
-  _EVENTCONSUMED._serialized_start=1467
-  _EVENTCONSUMED._serialized_end=1502
-  _LOGGED._serialized_start=1504
-  _LOGGED._serialized_end=1557
-  _CANCELREQUESTED._serialized_start=1559
-  _CANCELREQUESTED._serialized_end=1612
-  _STEPCANCELLED._serialized_start=1614
-  _STEPCANCELLED._serialized_end=1645
-  _RUNCOMPLETED._serialized_start=1647
-  _RUNCOMPLETED._serialized_end=1676
-  _RUNFAILED._serialized_start=1678
-  _RUNFAILED._serialized_end=1729
-  _RUNCANCELLED._serialized_start=1731
-  _RUNCANCELLED._serialized_end=1761
-  _PATCHMARKED._serialized_start=1763
-  _PATCHMARKED._serialized_end=1795
-  _RUNREVERTED._serialized_start=1797
-  _RUNREVERTED._serialized_end=1826
-  _INBOX._serialized_start=1829
-  _INBOX._serialized_end=1990
+  _EVENT._serialized_end=1099
+  _FAILURE._serialized_start=1101
+  _FAILURE._serialized_end=1160
+  _RUNSTARTED._serialized_start=1163
+  _RUNSTARTED._serialized_end=1300
+  _STEPCOMPLETED._serialized_start=1302
+  _STEPCOMPLETED._serialized_end=1353
+  _STEPFAILED._serialized_start=1355
+  _STEPFAILED._serialized_end=1425
+  _STEPATTEMPT._serialized_start=1427
+  _STEPATTEMPT._serialized_end=1514
+  _TIMERSET._serialized_start=1516
+  _TIMERSET._serialized_end=1543
+  _TIMERFIRED._serialized_start=1545
+  _TIMERFIRED._serialized_end=1557
+  _EVENTRECEIVED._serialized_start=1559
+  _EVENTRECEIVED._serialized_end=1625
+  _EVENTCONSUMED._serialized_start=1627
+  _EVENTCONSUMED._serialized_end=1662
+  _LOGGED._serialized_start=1664
+  _LOGGED._serialized_end=1717
+  _CANCELREQUESTED._serialized_start=1719
+  _CANCELREQUESTED._serialized_end=1772
+  _STEPCANCELLED._serialized_start=1774
+  _STEPCANCELLED._serialized_end=1805
+  _RUNCOMPLETED._serialized_start=1807
+  _RUNCOMPLETED._serialized_end=1836
+  _RUNFAILED._serialized_start=1838
+  _RUNFAILED._serialized_end=1889
+  _RUNCANCELLED._serialized_start=1891
+  _RUNCANCELLED._serialized_end=1921
+  _PATCHMARKED._serialized_start=1923
+  _PATCHMARKED._serialized_end=1955
+  _RUNREVERTED._serialized_start=1957
+  _RUNREVERTED._serialized_end=1986
+  _CHILDSTARTED._serialized_start=1988
+  _CHILDSTARTED._serialized_end=2067
+  _CHILDENDED._serialized_start=2069
+  _CHILDENDED._serialized_end=2190
+  _INBOX._serialized_start=2193
+  _INBOX._serialized_end=2405
 # @@protoc_insertion_point(module_scope)
