@@ -22,7 +22,7 @@ def compact_log(log: Sequence[ev.Record], handled: Collection[str], marker: ev.S
     steps with the events and cancels they consumed, and log lines (emitted
     already). ``marker`` is the compact step's record; its step is set here.
     """
-    dropped = _superseded(log)
+    dropped = _superseded(log) | {r.step for r in log if r.command == marker.command}  # the marker supersedes
     consumed = {r.message_id for r in log if isinstance(r, ev.EventConsumed) and r.step in dropped}
     cancels = _cancels_of(log, dropped)
     kept_steps = sorted({r.step for r in log if isinstance(r, ev.STEP_RECORDS) and r.step not in dropped})
