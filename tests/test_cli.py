@@ -37,6 +37,11 @@ def _boom() -> None:
     raise LookupError("no such card")
 
 
+@workflow("cli_test.parent")
+def parent_of_quick(c: Context) -> Any:
+    return (yield c.child(quick, "from the parent"))
+
+
 @workflow("cli_test.fails")
 def fails(c: Context) -> Any:
     yield c.save(_boom)
@@ -60,7 +65,7 @@ def url(root: Path) -> str:
 @pytest.fixture
 def files(root: Path) -> Conductor:
     conductor = Conductor(FSBackend(root))
-    conductor.register(approve, quick, fails)
+    conductor.register(approve, quick, fails, parent_of_quick)
     return conductor
 
 
@@ -234,6 +239,17 @@ def test_list_filters_by_status_and_workflow_and_limits(cli: Cli, files: Conduct
     assert ids("--workflow", "cli_test.quick") == ["q-1"]
     assert ids("--workflow", "cli_test.approve", "--limit", "2") == ["w-0", "w-1"]
     assert cli("runs", "list", "--url", url, "--status", "failed")[1] == "no runs\n"
+
+
+def test_list_shows_a_runs_children_and_show_names_the_parent(
+    cli: Cli, files: Conductor, worker: Worker, url: str
+) -> None:
+    assert files.start(parent_of_quick, run_id="p").result(timeout=10) == "from the parent"
+    files.start(quick, 1, run_id="other").result(timeout=10)
+    code, out, _ = cli("runs", "list", "--url", url, "--parent", "p")
+    assert code == 0 and [line.split()[0] for line in out.splitlines()[1:]] == ["p.0"]
+    code, out, _ = cli("runs", "show", "p.0", "--url", url)
+    assert code == 0 and "parent:      p" in out.splitlines()
 
 
 def test_the_store_comes_from_the_environment_then_the_default(

@@ -126,6 +126,7 @@ def _add_runs(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     listing = actions.add_parser("list", parents=[store], help="list runs, in id order")
     listing.add_argument("--status", choices=[s.value for s in RunStatus], help="only runs with this status")
     listing.add_argument("--workflow", help="only runs of this workflow (its registered name)")
+    listing.add_argument("--parent", metavar="ID", help="only the children of this run (started with child())")
     listing.add_argument("--limit", type=_positive_int, default=100, help="at most this many (default: 100)")
     listing.set_defaults(handler=_runs_list)
 
@@ -224,7 +225,7 @@ def _store(args: argparse.Namespace) -> Conductor:
 
 
 def _runs_list(args: argparse.Namespace) -> int:
-    runs = _store(args).list_runs(status=args.status, workflow=args.workflow, limit=args.limit)
+    runs = _store(args).list_runs(status=args.status, workflow=args.workflow, limit=args.limit, parent=args.parent)
     rows = [("ID", "WORKFLOW", "STATUS", "UPDATED", "WAITING FOR")]
     rows += [(r.id, r.workflow, r.status.value, _time(r.updated_at), r.waiting_for) for r in runs]
     if not runs:
@@ -283,6 +284,10 @@ def _info_lines(info: RunInfo) -> list[str]:
         ("created", _time(info.created_at)),
         ("updated", _time(info.updated_at)),
     ]
+    if info.parent:
+        fields.append(("parent", info.parent))
+    if info.generation:
+        fields.append(("generation", str(info.generation)))
     if info.waiting_for:
         fields.append(("waiting for", info.waiting_for))
     if info.due_at is not None:

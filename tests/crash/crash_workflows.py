@@ -133,7 +133,47 @@ def _blocking_effect(path: str, run_id: str, step: int, marker: str) -> str:
     return step_value(run_id, step)
 
 
-ALL = (chain, recover)
+@workflow("crash.reverts")
+def reverts(c: Context, effects: str, marker: str) -> Any:
+    """Three saves with compensations, then revert: the compensation of step 1 (step 11) blocks until killed."""
+    for step in range(3):
+        blocks = step == 1
+        undo = (
+            (lambda s=step: _blocking_effect(effects, c.run_id, 10 + s, marker))
+            if blocks
+            else (lambda s=step: effect(effects, c.run_id, 10 + s, 0.0))
+        )
+        yield c.save(lambda s=step: effect(effects, c.run_id, s, 0.0), compensate_with=undo, key=f"s{step}")
+    yield c.revert()
+
+
+@workflow("crash.fans_out")
+def fans_out(c: Context, effects: str, marker: str) -> Any:
+    """An all of a quick save (step 0) and one that blocks until killed (step 1), then one more save."""
+    both = yield c.all(
+        [
+            c.save(lambda: effect(effects, c.run_id, 0, 0.0), key="quick"),
+            c.save(lambda: _blocking_effect(effects, c.run_id, 1, marker), key="blocks"),
+        ]
+    )
+    return [*both, (yield c.save(lambda: effect(effects, c.run_id, 2, 0.0)))]
+
+
+@workflow("crash.child_blocks")
+def blocking_child(c: Context, effects: str, marker: str) -> Any:
+    first = yield c.save(lambda: effect(effects, c.run_id, 0, 0.0))
+    second = yield c.save(lambda: _blocking_effect(effects, c.run_id, 1, marker))
+    return [first, second, (yield c.save(lambda: effect(effects, c.run_id, 2, 0.0)))]
+
+
+@workflow("crash.parent")
+def parent(c: Context, effects: str, marker: str) -> Any:
+    """Waits on a child whose second save blocks until killed."""
+    before = yield c.save(lambda: effect(effects, c.run_id, 0, 0.0))
+    return [before, (yield c.child(blocking_child, effects, marker))]
+
+
+ALL = (chain, recover, reverts, fans_out, blocking_child, parent)
 
 
 @dataclass(frozen=True)
