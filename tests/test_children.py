@@ -186,3 +186,18 @@ def test_child_ids_differ_across_generations_and_stay_valid_run_ids() -> None:
     assert isinstance(record, ev.ChildStarted) and len(record.child_id) <= 128 and record.child_id != f"{long_id}.0"
     (gen2,) = Execution("r", sums_squares, codec, [restart]).advance(lambda: 1.0).records
     assert isinstance(gen2, ev.ChildStarted) and gen2.child_id == "r.2.0.0"
+
+
+@workflow()
+def continues_past_its_child(c: Context, again: bool) -> Any:
+    if again:
+        yield c.any([c.child(waits_for_go), c.sleep(0.01)])
+        yield c.continue_using(continues_past_its_child, False)
+    return "next generation"
+
+
+def test_a_child_left_running_by_continue_using_is_cancelled(conductor: Conductor, run_worker: Any) -> None:
+    registered(conductor).register(continues_past_its_child)
+    run_worker()
+    assert conductor.start(continues_past_its_child, True, run_id="c").result(timeout=20) == "next generation"
+    assert wait_for_status(conductor, "c.0", RunStatus.CANCELLED)

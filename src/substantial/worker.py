@@ -392,6 +392,7 @@ class _Turn:
 
     def _next_generation(self, old: Execution, records: list[ev.Record]) -> Execution:
         self.version = self.backend.replace_log(self.run_id, [ev.encode(r) for r in records], self.version)
+        self._cancel_children(old.children_dropped())  # a new history waits for none of them
         old.close()
         started = records[0]
         assert isinstance(started, ev.RunStarted)
