@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import subprocess
+import sys
+import threading
 import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -207,3 +214,111 @@ def test_a_log_file_that_is_not_one_is_corruption(fs: FSBackend) -> None:
     path.write_bytes(b"garbage!" * 4)
     with pytest.raises(CorruptRecord, match="does not begin"):
         FSBackend(fs.root).read_log("r")
+
+
+def _store_fds(root: Path) -> int:
+    """How many descriptors this process has open on files under ``root``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith(str(root)):
+                count += 1
+    return count
+
+
+def _finishes_within(seconds: float, call: Callable[[], object]) -> threading.Thread:
+    """Start ``call`` in a thread; the thread, once joined for ``seconds`` (alive if it blocked)."""
+    thread = threading.Thread(target=call, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread
+
+
+needs_proc = pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
+
+
+@needs_proc
+def test_idle_lock_files_stay_open_for_the_runs_used_last_and_no_more(tmp_path: Path) -> None:
+    fs = FSBackend(tmp_path / "store", fsync=False, open_locks=8)
+    for i in range(50):
+        fs.append_log(f"r{i}", [b"x"], 0)
+    assert _store_fds(fs.root) == 8
+    fs.append_log("r49", [b"y"], 1)  # a run used last keeps its lock file open: no reopening
+    assert _store_fds(fs.root) == 8
+    fs.delete_run("r49")
+    assert _store_fds(fs.root) == 7
+    fs.close()
+    assert _store_fds(fs.root) == 0
+
+
+def test_a_run_deleted_and_made_again_gets_a_fresh_lock(tmp_path: Path) -> None:
+    """A client's open lock file of a deleted run must not be taken for the new run's lock."""
+    a, b = FSBackend(tmp_path / "store"), FSBackend(tmp_path / "store")
+    a.append_log("r", [b"old"], 0)  # a keeps r's lock file open
+    b.delete_run("r")
+    b.append_log("r", [b"new"], 0)
+    with a._locked("r"):
+        blocked = _finishes_within(0.3, lambda: b.append_log("r", [b"b"], 1))
+        assert blocked.is_alive()  # b waits for a: both lock the new run's file
+    blocked.join(10)
+    assert not blocked.is_alive()
+    assert a.read_log("r") == ([b"new", b"b"], 2)
+
+
+def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from substantial.backends import FSBackend\n"
+            "fs = FSBackend(sys.argv[1])\n"
+            "with fs._locked('r'):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(60)\n",
+            str(root),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        fs = FSBackend(root)
+        waiting = _finishes_within(0.3, lambda: fs.acquire_lease("r", "me", 10))
+        assert waiting.is_alive()  # the other process holds the run's lock
+        holder.kill()
+        holder.wait(10)
+        waiting.join(10)
+        assert not waiting.is_alive()  # the kernel released the dead process's lock
+    finally:
+        holder.kill()
+        holder.wait(10)
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_share_its_parents_lock(fs: FSBackend) -> None:
+    """A child's copy of a descriptor shares the parent's flock: the child must open its own."""
+    fs.append_log("r", [b"one"], 0)  # the lock file is open when the process forks
+    go_read, go_write = os.pipe()
+    done_read, done_write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with other threads alive (3.12)
+        pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.read(go_read, 1)
+            fs.acquire_lease("r", "child", 10)
+            os.write(done_write, b"x")
+        finally:
+            os._exit(0)
+    try:
+        with fs._locked("r"):
+            os.write(go_write, b"x")
+            assert select.select([done_read], [], [], 0.5)[0] == []  # the child waits for the parent
+        assert select.select([done_read], [], [], 10)[0] == [done_read]
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (go_read, go_write, done_read, done_write):
+            os.close(fd)

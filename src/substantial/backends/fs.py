@@ -16,24 +16,30 @@ Layout under the root (see docs/backends.md)::
 Every file that must survive a crash is written to ``tmp/``, fsync'd and
 renamed into place, and its folder fsync'd; the log is appended in place and
 fsync'd. Several processes can share a root on one machine (or on a shared
-filesystem that honours POSIX locks and atomic rename).
+filesystem that honours ``flock`` and atomic rename).
+
+The run's lock is ``flock`` on its lock file, the lock ``filelock`` takes on
+Unix, but on a descriptor each client keeps open for the runs it used last:
+``FileLock`` opens, checks and closes the file on every acquire, which cost
+as much as the fsync of an append.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import struct
 import threading
 import time
 import uuid
+import weakref
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
-
-from filelock import FileLock
 
 from substantial.backends.base import Backend, Message, check_run_id
 from substantial.errors import Conflict, CorruptRecord
@@ -54,6 +60,8 @@ def _new_file_head() -> bytes:
 
 #: A post marker older than this is taken for the trace of a poster that died.
 POSTING_GRACE = 5.0
+#: How many runs' lock files a client keeps open when no thread holds them (the runs it used last).
+OPEN_LOCKS = 128
 
 
 def run_dir_name(run_id: str) -> str:
@@ -123,10 +131,114 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class _RunLock:
+    """One run's lock in one client: a thread lock, and the run's lock file kept open for ``flock``.
+
+    ``identity`` is the (device, inode) of the open file: while the file is
+    open its inode number cannot be given to another file, so a lock file
+    whose path no longer has that identity was deleted with its run.
+    """
+
+    __slots__ = ("fd", "identity", "thread", "users")
+
+    def __init__(self) -> None:
+        self.thread = threading.Lock()
+        self.fd = -1
+        self.identity = (0, 0)
+        self.users = 0  # threads holding or waiting for it: it is closed only at 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)  # releases this descriptor's flock, if held
+            self.fd = -1
+
+
+class _LockTable:
+    """The run locks of one client; at most ``size`` idle ones stay open, the least recently used go first."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.guard = threading.Lock()
+        self.locks: OrderedDict[str, _RunLock] = OrderedDict()
+        _TABLES.add(self)
+
+    def take(self, run_id: str) -> _RunLock:
+        with self.guard:
+            lock = self.locks.get(run_id)
+            if lock is None:
+                lock = self.locks[run_id] = _RunLock()
+            else:
+                self.locks.move_to_end(run_id)
+            lock.users += 1
+            return lock
+
+    def give_back(self, run_id: str, lock: _RunLock) -> None:
+        with self.guard:
+            lock.users -= 1
+            if self.locks.get(run_id) is not lock:  # dropped by close() while in use
+                if lock.users == 0:
+                    lock.close()
+                return
+            excess = len(self.locks) - self.size
+            if excess <= 0:
+                return
+            idle = []
+            for other_id, other in self.locks.items():
+                if other.users == 0:
+                    idle.append(other_id)
+                    if len(idle) == excess:
+                        break
+            for other_id in idle:
+                self.locks.pop(other_id).close()
+
+    def forget(self, run_id: str) -> None:
+        """Close the run's lock file now if no thread uses it (its run was deleted)."""
+        with self.guard:
+            lock = self.locks.get(run_id)
+            if lock is not None and lock.users == 0:
+                self.locks.pop(run_id).close()
+
+    def close(self) -> None:
+        with self.guard:
+            for lock in self.locks.values():
+                if lock.users == 0:
+                    lock.close()  # the others close when their last thread gives them back
+            self.locks = OrderedDict()
+
+    def after_fork(self) -> None:
+        """In a forked child: drop every inherited descriptor and lock, held or not.
+
+        A child's copy of a descriptor shares the parent's flock: locking it
+        would succeed while the parent holds it, and unlocking it would release
+        the parent's. Closing the copy leaves the parent's lock alone.
+        """
+        self.guard = threading.Lock()
+        for lock in self.locks.values():
+            lock.close()
+        self.locks = OrderedDict()
+
+
+_TABLES: weakref.WeakSet[_LockTable] = weakref.WeakSet()
+
+
+def _forget_locks_after_fork() -> None:
+    for table in list(_TABLES):
+        table.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
+
+
 class FSBackend(Backend):
     """Runs stored as folders of files under ``root``."""
 
-    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, fsync: bool = True, open_locks: int = OPEN_LOCKS) -> None:
         self.root = Path(root).absolute()
         self._fsync = fsync
         self._runs = self.root / "runs"
@@ -135,8 +247,8 @@ class FSBackend(Backend):
         self._posting = self.root / "posting"
         for folder in (self._runs, self._queues, self._tmp, self._posting):
             folder.mkdir(parents=True, exist_ok=True)
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, FileLock]] = {}
+        self._locks = _LockTable(open_locks)
+        self._closer = weakref.finalize(self, self._locks.close)
         self._tails: dict[str, tuple[bytes, int, int]] = {}  # run -> (log file id, version, offset)
 
     # -- files -------------------------------------------------------------
@@ -187,19 +299,42 @@ class FSBackend(Backend):
 
     @contextlib.contextmanager
     def _locked(self, run_id: str) -> Iterator[Path]:
-        """Hold the run's lock: a thread lock within this process, the file lock across processes."""
-        path = self._ensure_dir(run_id)
-        with self._guard:
-            locks = self._locks.get(run_id)
-            if locks is None:
-                locks = self._locks[run_id] = (threading.Lock(), FileLock(path / "lock", thread_local=False))
-        thread_lock, file_lock = locks
-        with thread_lock:
-            file_lock.acquire(poll_interval=0.001)
+        """Hold the run's lock: a thread lock within this client, ``flock`` on its lock file across clients."""
+        path = self._dir(run_id)
+        lock = self._locks.take(run_id)
+        try:
+            with lock.thread:
+                self._flock(run_id, path, lock)
+                try:
+                    yield path
+                finally:
+                    fcntl.flock(lock.fd, fcntl.LOCK_UN)
+        finally:
+            self._locks.give_back(run_id, lock)
+
+    def _flock(self, run_id: str, path: Path, lock: _RunLock) -> None:
+        """Take ``flock`` on the run's lock file, opening it if needed; the thread lock is held.
+
+        Once locked, the file must still be the one at the path: if the run
+        was deleted since it was opened (here or by another process), the
+        lock guards a file nobody else will look at, so it is reopened.
+        """
+        lock_path = os.path.join(path, "lock")
+        while True:
+            if lock.fd < 0:
+                try:
+                    self._ensure_dir(run_id)
+                    lock.fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                except FileNotFoundError:
+                    continue  # the run's folder was deleted between the two
+                lock.identity = _identity(os.fstat(lock.fd))
+            fcntl.flock(lock.fd, fcntl.LOCK_EX)
             try:
-                yield path
-            finally:
-                file_lock.release()
+                if _identity(os.stat(lock_path)) == lock.identity:
+                    return
+            except FileNotFoundError:
+                pass
+            lock.close()
 
     # -- the log -----------------------------------------------------------
 
@@ -491,9 +626,11 @@ class FSBackend(Backend):
             graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"
             os.rename(path, graveyard)
             self._tails.pop(run_id, None)
-        with self._guard:
-            self._locks.pop(run_id, None)
+        self._locks.forget(run_id)
         _remove_tree(graveyard)
+
+    def close(self) -> None:
+        self._closer()
 
 
 def _remove_tree(path: Path) -> None:
