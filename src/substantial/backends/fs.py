@@ -39,7 +39,6 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 from substantial.backends.base import Backend, Message, check_run_id
 from substantial.errors import Conflict, CorruptRecord
@@ -62,6 +61,7 @@ def _new_file_head() -> bytes:
 POSTING_GRACE = 5.0
 #: How many runs' lock files a client keeps open when no thread holds them (the runs it used last).
 OPEN_LOCKS = 128
+_FOLDER_NAMES = 4096  # run id -> folder, remembered for the hot paths
 
 
 def run_dir_name(run_id: str) -> str:
@@ -139,11 +139,12 @@ class _RunLock:
     whose path no longer has that identity was deleted with its run.
     """
 
-    __slots__ = ("fd", "identity", "thread", "users")
+    __slots__ = ("fd", "identity", "path", "thread", "users")
 
     def __init__(self) -> None:
         self.thread = threading.Lock()
         self.fd = -1
+        self.path = ""
         self.identity = (0, 0)
         self.users = 0  # threads holding or waiting for it: it is closed only at 0
 
@@ -231,6 +232,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_locks_after_fork)
 
 
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
@@ -250,19 +258,32 @@ class FSBackend(Backend):
         self._locks = _LockTable(open_locks)
         self._closer = weakref.finalize(self, self._locks.close)
         self._tails: dict[str, tuple[bytes, int, int]] = {}  # run -> (log file id, version, offset)
+        self._folders: dict[str, str] = {}
 
     # -- files -------------------------------------------------------------
 
+    def _folder(self, run_id: str) -> str:
+        """The run's folder as a string (the hot paths skip pathlib); raises ``InvalidRunId``."""
+        folder = self._folders.get(run_id) if type(run_id) is str else None
+        if folder is None:
+            folder = os.path.join(self._runs, run_dir_name(run_id))
+            if len(self._folders) >= _FOLDER_NAMES:
+                self._folders.clear()
+            self._folders[run_id] = folder
+        return folder
+
     def _dir(self, run_id: str) -> Path:
-        return self._runs / run_dir_name(run_id)
+        return Path(self._folder(run_id))
 
     def _ensure_dir(self, run_id: str) -> Path:
+        """The run's folder, made if needed; its inbox is made last, so a folder with one is complete."""
         path = self._dir(run_id)
-        if not path.is_dir():
+        if not (path / "inbox").is_dir():
             path.mkdir(exist_ok=True)
-            (path / "inbox").mkdir(exist_ok=True)
             if path.name.startswith("~"):
                 self._write(path / "id", run_id.encode())
+            (path / "inbox").mkdir(exist_ok=True)
+            self._sync_dir(path)  # the inbox's entry: a message in it is durable only with it
             self._sync_dir(self._runs)
         return path
 
@@ -297,40 +318,57 @@ class FSBackend(Backend):
         except FileNotFoundError:
             return None
 
-    @contextlib.contextmanager
-    def _locked(self, run_id: str) -> Iterator[Path]:
-        """Hold the run's lock: a thread lock within this client, ``flock`` on its lock file across clients."""
-        path = self._dir(run_id)
+    def _lock(self, run_id: str) -> tuple[_RunLock, str]:
+        """Take the run's lock, a thread lock within this client and ``flock`` across clients; ``_unlock`` it."""
+        folder = self._folder(run_id)
         lock = self._locks.take(run_id)
         try:
-            with lock.thread:
-                self._flock(run_id, path, lock)
-                try:
-                    yield path
-                finally:
-                    fcntl.flock(lock.fd, fcntl.LOCK_UN)
+            lock.thread.acquire()
+            try:
+                self._flock(run_id, folder, lock)
+            except BaseException:
+                lock.thread.release()
+                raise
+        except BaseException:
+            self._locks.give_back(run_id, lock)
+            raise
+        return lock, folder
+
+    def _unlock(self, run_id: str, lock: _RunLock) -> None:
+        try:
+            fcntl.flock(lock.fd, fcntl.LOCK_UN)
         finally:
+            lock.thread.release()
             self._locks.give_back(run_id, lock)
 
-    def _flock(self, run_id: str, path: Path, lock: _RunLock) -> None:
+    @contextlib.contextmanager
+    def _locked(self, run_id: str) -> Iterator[Path]:
+        """Hold the run's lock; yields the run's folder."""
+        lock, folder = self._lock(run_id)
+        try:
+            yield Path(folder)
+        finally:
+            self._unlock(run_id, lock)
+
+    def _flock(self, run_id: str, folder: str, lock: _RunLock) -> None:
         """Take ``flock`` on the run's lock file, opening it if needed; the thread lock is held.
 
         Once locked, the file must still be the one at the path: if the run
         was deleted since it was opened (here or by another process), the
         lock guards a file nobody else will look at, so it is reopened.
         """
-        lock_path = os.path.join(path, "lock")
         while True:
             if lock.fd < 0:
+                lock.path = os.path.join(folder, "lock")
                 try:
                     self._ensure_dir(run_id)
-                    lock.fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                    lock.fd = os.open(lock.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 except FileNotFoundError:
                     continue  # the run's folder was deleted between the two
                 lock.identity = _identity(os.fstat(lock.fd))
             fcntl.flock(lock.fd, fcntl.LOCK_EX)
             try:
-                if _identity(os.stat(lock_path)) == lock.identity:
+                if _identity(os.stat(lock.path)) == lock.identity:
                     return
             except FileNotFoundError:
                 pass
@@ -338,29 +376,29 @@ class FSBackend(Backend):
 
     # -- the log -----------------------------------------------------------
 
-    def _scan(self, run_id: str, f: BinaryIO, after: int) -> tuple[list[bytes], int, int]:
-        """Records from position ``after``, the version, and the offset of the end of the last whole one.
+    def _scan(self, run_id: str, fd: int, after: int) -> tuple[list[bytes], int, bytes, int, int]:
+        """Records from position ``after``, the version, the file's id, where its last whole record ends, its size.
 
         The offset of the last known version is cached per log file, named by
         the random id at the head of the file (inode numbers get reused when a
         log is replaced or deleted). A file too short for its head is empty.
         """
-        f.seek(0)
-        file_id = f.read(_FILE_HEAD)
-        if len(file_id) < _FILE_HEAD:
-            return [], 0, 0
+        size = os.fstat(fd).st_size
+        if size < _FILE_HEAD:
+            return [], 0, b"", 0, size
+        file_id = os.pread(fd, _FILE_HEAD, 0)
         if not file_id.startswith(_MAGIC):
             raise CorruptRecord(f"run {run_id!r}: its log file does not begin as a Substantial log")
         known = self._tails.get(run_id)
         start_version, start_offset = 0, _FILE_HEAD
         if known is not None and known[0] == file_id and known[1] <= after:
             start_version, start_offset = known[1], known[2]
-        f.seek(start_offset)
-        records, offset = parse(f.read(), 0, run_id)
+        data = os.pread(fd, size - start_offset, start_offset) if size > start_offset else b""
+        records, offset = parse(data, 0, run_id)
         offset += start_offset
         version = start_version + len(records)
         self._tails[run_id] = (file_id, version, offset)
-        return records[max(after - start_version, 0) :], version, offset
+        return records[max(after - start_version, 0) :], version, file_id, offset, size
 
     def read_log(self, run_id: str, after: int = 0) -> tuple[list[bytes], int]:
         try:
@@ -371,33 +409,48 @@ class FSBackend(Backend):
 
     def _read_log(self, run_id: str, after: int) -> tuple[list[bytes], int]:
         try:
-            with open(self._dir(run_id) / "log", "rb") as f:
-                records, version, _ = self._scan(run_id, f, after)
+            fd = os.open(os.path.join(self._folder(run_id), "log"), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return [], 0
+        try:
+            records, version, *_ = self._scan(run_id, fd, after)
+        finally:
+            os.close(fd)
         return records, version
 
     def append_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
-        with self._locked(run_id) as path:
-            log_path = path / "log"
-            created = not log_path.exists()
-            with open(log_path, "ab+") as f:
-                _, version, offset = self._scan(run_id, f, 2**62)
-                if version != expected_version:
-                    raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
-                if f.tell() != offset:
-                    f.truncate(offset)  # drop a torn tail (or a torn head) before writing after it
-                head = _new_file_head() if offset == 0 else b""
-                f.write(head + b"".join(frame(r) for r in records))
-                f.flush()
-                self._sync(f.fileno())
-                end = f.tell()
-                f.seek(0)
-                file_id = f.read(_FILE_HEAD)
-            if created:
-                self._sync_dir(path)
-            self._tails[run_id] = (file_id, version + len(records), end)
-            return version + len(records)
+        lock, folder = self._lock(run_id)
+        try:
+            return self._append(run_id, folder, records, expected_version)
+        finally:
+            self._unlock(run_id, lock)
+
+    def _append(self, run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
+        """Append under the run's lock: no other writer can move or create the log meanwhile."""
+        log_path = os.path.join(folder, "log")
+        try:
+            fd, created = os.open(log_path, os.O_RDWR | os.O_CLOEXEC), False
+        except FileNotFoundError:
+            fd, created = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+        try:
+            _, version, file_id, offset, size = self._scan(run_id, fd, 2**62)
+            if version != expected_version:
+                raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
+            if size != offset:
+                os.ftruncate(fd, offset)  # drop a torn tail (or a torn head) before writing after it
+            if offset == 0:
+                file_id = _new_file_head()
+                data = file_id + b"".join(frame(r) for r in records)
+            else:
+                data = b"".join(frame(r) for r in records)
+            _pwrite_all(fd, data, offset)
+            self._sync(fd)
+        finally:
+            os.close(fd)
+        if created:
+            self._sync_dir(Path(folder))
+        self._tails[run_id] = (file_id, version + len(records), offset + len(data))
+        return version + len(records)
 
     def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
         with self._locked(run_id) as path:
