@@ -65,6 +65,8 @@ TERMINAL_STATE: dict[type[ev.Record], State] = {
 }
 #: Records replay passes over: they belong to no command.
 _PASSED = (ev.Logged, ev.PatchMarked)
+#: Records whose content a replay makes again from the log alone.
+_REPLAYABLE = (ev.Logged, ev.EventConsumed, ev.TimerFired)
 
 
 @dataclass(frozen=True)
@@ -221,7 +223,6 @@ class Execution:
         self._inboxes: dict[str, _Inbox] = {}
         self._cancel: str | None = None
         self._closing = False
-        self._ran_step = False  # a save ran live: its record must be appended before going on
         self._compensable: list[tuple[int, Save]] = []  # completed saves with compensate_with
         self._reverting: deque[Compensate] | None = None  # compensations left, once reverting
         self._revert_cause: BaseException | None = None
@@ -320,9 +321,6 @@ class Execution:
                 self._settled(self._pending, resolution)
                 self._ready = resolution
                 self._pending = None
-                if self._ran_step:
-                    self._ran_step = False
-                    return self._progress("running")
                 continue
             if isinstance(resolution, _Again):
                 return self._progress("running")
@@ -572,7 +570,7 @@ class Execution:
             elif isinstance(resolution, _Blocked) and resolution.due_at is not None:
                 deadlines.append(resolution.due_at)
         saves = [i for i in open_children if isinstance(g.children[i].command, Save) and g.outcomes[i] is None]
-        if saves and not g.running and any(not isinstance(r, ev.Logged) for r in self._new):
+        if saves and not g.running and self._unsettled():
             return AGAIN  # the saves must only see values that are already recorded
         for i in saves:
             child = g.children[i]
@@ -611,7 +609,6 @@ class Execution:
                 self._settle(g, i, resolution)
                 if isinstance(p.command, AnyOf):
                     break  # the first wins; what the others return is not recorded
-        self._ran_step = False
         done = self._group_done(p, g)
         return done if done is not None and not self._new else AGAIN
 
@@ -665,14 +662,23 @@ class Execution:
     def _live_save(self, p: _Pending) -> Resolution:
         assert isinstance(p.command, Save)
         cmd = p.command
-        if any(not isinstance(r, ev.Logged) for r in self._new):
-            return AGAIN  # the step must only see values that are already recorded
+        if self._unsettled():
+            return AGAIN
         if p.next_at is not None and self._clock() < p.next_at:
             return _Blocked(p.next_at, f"retry of step {p.step} ({cmd.fingerprint})")
         try:
             return self._save_done(p, _call(cmd.fn, cmd.timeout), None)
         except Exception as e:
             return self._save_done(p, None, e)
+
+    def _unsettled(self) -> bool:
+        """Whether records not yet appended hold values a replay could not make again.
+
+        A save must only see recorded values (a uuid4 as its idempotency key,
+        a previous save's result), so those are appended before it runs; an
+        event consumed or a timer fired comes out the same on every replay.
+        """
+        return any(not isinstance(r, _REPLAYABLE) for r in self._new)
 
     def _save_done(self, p: _Pending, value: Any, error: BaseException | None) -> Resolution:
         """Record what an attempt of a save gave: its result, a retry to come, or its failure."""
@@ -689,10 +695,8 @@ class Execution:
                 p.attempts, p.next_at = attempt, self._clock() + cmd.retry.delay(attempt)
                 self._record(p, ev.StepAttempt, attempt=attempt, error=failure_of(error), next_at=p.next_at)
                 return AGAIN
-            self._ran_step = True
             self._record(p, ev.StepFailed, error=failure_of(error), attempts=attempt)
             return _Outcome(error=StepFailed(*_failure_fields(error), attempt))
-        self._ran_step = True
         self._record(p, ev.StepCompleted, value=data, compensable=cmd.compensate_with is not None)
         return _Outcome(self._codec.decode(data))
 

@@ -287,6 +287,9 @@ class _Turn:
         self.run_id = run_id
         self.version = 0
         self.status_before: RunStatus | None = None
+        self.summary: Summary | None = None
+        self.unsaved: list[bytes] = []  # ingested messages, appended with the turn's first records
+        self.unacked: list[str] = []  # their ids, acknowledged once appended
         self.cached = False  # the execution came from the sticky cache: nothing left unposted
 
     def run(self) -> None:
@@ -356,13 +359,22 @@ class _Turn:
         return records
 
     def _ingest(self, execution: Execution, messages: list[Message]) -> None:
-        """Append new messages to the log, then acknowledge them (never the other way round)."""
+        """Feed new messages to the execution; they are appended with its first records, then acknowledged.
+
+        Never acknowledged before they are in the log: a worker that dies
+        first leaves them in the inbox, and the next turn ingests them again.
+        """
         records = self._messages(messages, execution.seen)
-        if records:
-            self.version = self.backend.append_log(self.run_id, [ev.encode(r) for r in records], self.version)
-            execution.feed(records)
-        if messages:
-            self.backend.ack(self.run_id, [m.id for m in messages])
+        execution.feed(records)
+        self.unsaved = [ev.encode(r) for r in records]
+        self.unacked = [m.id for m in messages]
+        if not self.unsaved:
+            self._acknowledge()
+
+    def _acknowledge(self) -> None:
+        if self.unacked:
+            self.backend.ack(self.run_id, self.unacked)
+            self.unacked = []
 
     def _tidy_finished(self, execution: Execution, messages: list[Message]) -> None:
         """A finished log: finish what a worker that died after its end left undone, unschedule."""
@@ -380,9 +392,10 @@ class _Turn:
             if self.w._abandon.is_set():
                 raise _Abandoned
             progress = execution.advance(time.time, self.w._steps)
-            if progress.records:
-                encoded = [ev.encode(r) for r in progress.records]
+            encoded, self.unsaved = self.unsaved + [ev.encode(r) for r in progress.records], []
+            if encoded:
                 self.version = self.backend.append_log(self.run_id, encoded, self.version)
+                self._acknowledge()
                 self._emit_logs(execution, progress.records)
                 self._start_children(r for r in progress.records if isinstance(r, ev.ChildStarted))
             if progress.state == "continued":
@@ -475,10 +488,12 @@ class _Turn:
             self.w.wake()
 
     def _set_summary(self, status: RunStatus, **changes: object) -> None:
-        raw = self.backend.read_info(self.run_id)
-        if raw is not None:
-            summary = Summary.from_bytes(raw)
-            if self.status_before is None:
-                self.status_before = summary.status
-            summary = summary.but(status=status, updated_at=time.time(), **changes)
-            self.backend.write_info(self.run_id, summary.to_bytes())
+        """Update the run's summary; read once per turn, as only the lease holder writes it meanwhile."""
+        if self.summary is None:
+            raw = self.backend.read_info(self.run_id)
+            if raw is None:
+                return
+            self.summary = Summary.from_bytes(raw)
+            self.status_before = self.summary.status
+        self.summary = self.summary.but(status=status, updated_at=time.time(), **changes)
+        self.backend.write_info(self.run_id, self.summary.to_bytes())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,9 @@ pytestmark = [
 ]
 
 
-def kill_where_it_blocks(workers: WorkerProcesses, marker: Path) -> None:
+def kill_where_it_blocks(workers: WorkerProcesses, marker: Path, also: Callable[[], bool] = lambda: True) -> None:
     first = workers.start(threads=2)
-    wait_for(marker.exists, "the blocking step to start", workers)
+    wait_for(lambda: marker.exists() and also(), "the blocking step to start", workers)
     workers.kill(first)
     workers.start(threads=2)
 
@@ -52,7 +53,8 @@ def test_a_fan_out_half_recorded_resumes_running_only_the_rest(
 ) -> None:
     marker = tmp_path / "blocked"
     run = conductor.start(fans_out, str(effects), str(marker), run_id="fans")
-    kill_where_it_blocks(workers, marker)
+    # the saves run side by side: wait for the quick one's record too, so the kill leaves the fan-out half recorded
+    kill_where_it_blocks(workers, marker, lambda: any(e.kind == "step_completed" for e in run.history()))
     assert run.result(timeout=RESULT_TIMEOUT) == [step_value("fans", s) for s in (0, 1, 2)]
     assert Counter(e.step for e in read_executions(effects)) == {0: 1, 1: 2, 2: 1}
 

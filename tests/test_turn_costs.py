@@ -1,0 +1,89 @@
+"""What a turn asks of the store: one durable write per step, one log read and one summary read per turn."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from substantial import Conductor, Context, workflow
+from substantial.backends import MemoryBackend
+
+STEPS = 20
+
+
+class CountingBackend(MemoryBackend):
+    """A memory store that counts the calls a worker's turns make of each operation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter[str] = Counter()
+
+    def __getattribute__(self, name: str) -> Any:
+        attribute = super().__getattribute__(name)
+        if name.startswith("_") or name == "calls" or not callable(attribute):
+            return attribute
+        if not threading.current_thread().name.startswith("substantial-turn"):
+            return attribute  # the poller's and the test's own calls are not a turn's
+        calls: Counter[str] = super().__getattribute__("calls")
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+@workflow()
+def steps(c: Context, count: int) -> Any:
+    for i in range(count):
+        yield c.save(lambda i=i: {"i": i})
+    return count
+
+
+@workflow()
+def waits(c: Context) -> Any:
+    first = yield c.receive("go")
+    return [first, (yield c.save(lambda: "after"))]
+
+
+def conductor_on(backend: CountingBackend) -> Conductor:
+    conductor = Conductor(backend)
+    conductor.register(steps, waits)
+    return conductor
+
+
+@pytest.mark.parametrize("cache_size", [1024, 0], ids=["cache-on", "cache-off"])
+def test_consecutive_saves_cost_one_append_each_and_one_read_of_log_and_summary(cache_size: int) -> None:
+    backend = CountingBackend()
+    conductor = conductor_on(backend)
+    with conductor.run(1, poll_interval=0.01, cache_size=cache_size):
+        assert conductor.start(steps, STEPS).result(timeout=10) == STEPS
+    assert backend.calls == {
+        "take_inbox": 1,
+        "read_log": 1,
+        "append_log": STEPS,  # one per step: the start goes with the first, the end with the last
+        "ack": 1,
+        "read_info": 1,
+        "write_info": 2,  # running, then completed
+        "unschedule": 1,
+        "release_lease": 1,
+    }
+
+
+def test_a_sticky_cache_hit_reads_only_past_its_version() -> None:
+    backend = CountingBackend()
+    conductor = conductor_on(backend)
+    with conductor.run(1, poll_interval=0.01):
+        run = conductor.start(waits)
+        assert conductor._wait_until(lambda: run.info().waiting_for != "", 10)
+        first_turn = Counter(backend.calls)
+        run.send("go", 1)
+        assert run.result(timeout=10) == [1, "after"]
+    second_turn = backend.calls - first_turn
+    assert first_turn["read_log"] == 1 and first_turn["read_info"] == 1
+    assert second_turn["read_log"] == 1  # the version check of the cached execution: nothing new, no replay
+    assert second_turn["read_info"] == 1
+    assert second_turn["append_log"] == 1  # the event ingested, consumed, the save and the end: one write
