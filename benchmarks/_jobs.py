@@ -37,3 +37,42 @@ def sequential_step_us(conductor: Conductor, steps: int) -> float:
         run.result(timeout=3600)
         elapsed = time.perf_counter() - began
     return elapsed / steps * 1e6
+
+
+@workflow()
+def one_step(c: Context, i: int) -> Any:
+    """W2's workflow: one save."""
+    return (yield c.save(lambda: job(i)))
+
+
+@workflow()
+def sleeper(c: Context) -> Any:
+    """A run parked on a timer a day away."""
+    yield c.sleep(86400)
+
+
+@workflow()
+def waiter(c: Context) -> Any:
+    """A run parked on an event that never comes."""
+    return (yield c.receive("never"))
+
+
+@workflow()
+def then_wait(c: Context, steps: int) -> Any:
+    """``steps`` saves, then a wait for event "go": what a cold replay replays."""
+    for i in range(steps):
+        yield c.save(lambda i=i: job(i))
+    yield c.receive("go")
+    return steps
+
+
+@workflow()
+def turn_per_step(c: Context, steps: int) -> Any:
+    """A save then a 1 ms sleep, ``steps`` times: every step after the first is a turn of its own."""
+    for i in range(steps):
+        yield c.save(lambda i=i: job(i))
+        yield c.sleep(0.001)
+    return steps
+
+
+WORKFLOWS = (sequential, one_step, sleeper, waiter, then_wait, turn_per_step)
