@@ -6,6 +6,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,68 @@ def test_workers_survive_redis_being_killed_and_restarted(tmp_path: Path) -> Non
         conductor.backend.close()
     finally:
         server.kill()
+
+
+class RoundTrips:
+    """Counts the requests every connection sends: a pipeline is one, as is a command."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = redis.connection.Connection.send_packed_command
+
+        def counting(connection: Any, *args: Any, **kwargs: Any) -> Any:
+            self.count += 1
+            return real(connection, *args, **kwargs)
+
+        monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+
+    def of(self, call: Callable[[], object]) -> int:
+        before = self.count
+        call()
+        return self.count - before
+
+
+def test_round_trips_per_operation_on_one_node(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = RedisBackend.from_url(f"{redis_url}?prefix=t{uuid.uuid4().hex[:8]}")
+    version = 0
+
+    def append() -> None:
+        nonlocal version
+        version = backend.append_log("r", [b"x"], version)
+
+    operations: dict[str, tuple[Callable[[], object], int]] = {
+        "read_log": (lambda: backend.read_log("r"), 1),
+        "append_log": (append, 1),
+        "post": (lambda: backend.post("q", "r", Message(uuid.uuid4().hex, b"hi")), 1),
+        "take_inbox": (lambda: backend.take_inbox("r"), 1),
+        "ack": (lambda: backend.ack("r", ["m"]), 1),
+        "schedule": (lambda: backend.schedule("q", "r", 1.0), 1),
+        "unschedule": (lambda: backend.unschedule("q", "r"), 1),
+        "due": (lambda: backend.due("q", time.time(), 10), 1),
+        "acquire_lease": (lambda: backend.acquire_lease("r", "me", 30), 1),
+        "renew_lease": (lambda: backend.renew_lease("r", "me", 30), 1),
+        "release_lease": (lambda: backend.release_lease("r", "me"), 1),
+        "write_info": (lambda: backend.write_info("r", b"{}"), 1),
+        "read_info": (lambda: backend.read_info("r"), 1),
+        "list_runs": (backend.list_runs, 1),
+        "delete_run": (lambda: backend.delete_run("other"), 2),
+    }
+    trips = RoundTrips(monkeypatch)
+    for call, _ in operations.values():
+        call()  # the first call of a script loads it
+    counted = {name: trips.of(call) for name, (call, _) in operations.items()}
+    assert counted == {name: expected for name, (_, expected) in operations.items()}
+    backend.close()
+
+
+def test_a_post_after_the_server_lost_its_scripts_loads_them_and_completes(redis_url: str) -> None:
+    backend = RedisBackend.from_url(f"{redis_url}?prefix=t{uuid.uuid4().hex[:8]}")
+    backend.post("q", "r", Message("m1", b"one"))
+    client = redis.Redis.from_url(redis_url)
+    client.script_flush()
+    backend.post("q", "r", Message("m2", b"two"))
+    assert backend.take_inbox("r") == [Message("m1", b"one"), Message("m2", b"two")]
+    assert backend.due("q", time.time(), 10) == ["r"]
+    assert client.zcard(f"{backend.prefix}:{{q:q}}:posting") == 0  # no post left its marker
+    backend.close()
+    client.close()

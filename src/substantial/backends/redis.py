@@ -17,12 +17,17 @@ Every key of a run carries the run's hash tag and every key of a queue the
 queue's, so each Lua script touches one slot: the backend works unchanged on
 Redis Cluster. The steps that span a run and a queue (a post) are ordered so
 that no crash between them loses a message or a turn; see docs/backends.md.
+
+Round trips: every operation is one, except ``post`` (four on a cluster,
+where its steps go to different nodes in turn; one pipeline on a single
+node, which runs a connection's commands in order), ``write_info`` (two on a
+cluster, one on a node) and ``delete_run`` (two on a node).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
@@ -30,6 +35,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -141,6 +147,8 @@ class RedisBackend(Backend):
                 "release": _RELEASE,
             }.items()
         }
+        #: One node runs a pipeline's commands in the order sent; a cluster splits it between nodes.
+        self._one_node = not isinstance(self._r, RedisCluster)
         self._known_queues: set[str] = set()
         self._pubsub: Any = None
 
@@ -178,6 +186,35 @@ class RedisBackend(Backend):
             self._r.sadd(f"{self.prefix}:queues", queue)
             self._known_queues.add(queue)
 
+    def _pipelined(self, queue_commands: Callable[[Any], None]) -> list[Any]:
+        """Send the commands ``queue_commands`` puts on a pipeline in one round trip (a single node only).
+
+        Scripts go by ``EVALSHA`` without redis-py's ``SCRIPT EXISTS`` check
+        before each pipeline; if the server lost them (a restart, a flush),
+        they are loaded and the whole pipeline is sent again, so every caller
+        must be safe to repeat.
+        """
+        results = self._send(queue_commands)
+        if any(isinstance(r, NoScriptError) for r in results):
+            loader = self._r.pipeline(transaction=False)
+            for script in self._scripts.values():
+                loader.script_load(script.script)
+            loader.execute()
+            results = self._send(queue_commands)
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results
+
+    def _send(self, queue_commands: Callable[[Any], None]) -> list[Any]:
+        pipe = self._r.pipeline(transaction=False)
+        queue_commands(pipe)
+        results: list[Any] = pipe.execute(raise_on_error=False)
+        return results
+
+    def _evalsha(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
+        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+
     # -- the log -----------------------------------------------------------
 
     def read_log(self, run_id: str, after: int = 0) -> tuple[list[bytes], int]:
@@ -208,12 +245,24 @@ class RedisBackend(Backend):
         check_run_id(message.id)
         marker = f"{check_run_id(run_id)}\n{message.id}"
         posting, due = self._queue_key(queue, "posting"), self._queue_key(queue, "due")
+        inbox, msgs = self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")
+        channel = f"{self.prefix}:wake:{queue}"
+        if self._one_node:
+
+            def commands(pipe: Any) -> None:
+                pipe.sadd(f"{self.prefix}:queues", queue)
+                pipe.zadd(posting, {marker: time.time()})
+                self._evalsha(pipe, "post", [inbox, msgs], [message.id, message.body])
+                self._evalsha(pipe, "mark_due", [due, posting], [time.time(), run_id, marker])
+                pipe.publish(channel, run_id)
+
+            self._pipelined(commands)
+            return
         self._note_queue(queue)
         self._r.zadd(posting, {marker: time.time()})
-        inbox, msgs = self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")
         self._scripts["post"](keys=[inbox, msgs], args=[message.id, message.body])
         self._scripts["mark_due"](keys=[due, posting], args=[time.time(), run_id, marker])
-        self._r.publish(f"{self.prefix}:wake:{queue}", run_id)
+        self._r.publish(channel, run_id)
 
     def take_inbox(self, run_id: str) -> list[Message]:
         found = self._scripts["take"](keys=[self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")])
@@ -255,8 +304,15 @@ class RedisBackend(Backend):
     # -- visibility and retention ------------------------------------------
 
     def write_info(self, run_id: str, info: bytes) -> None:
-        self._r.set(self._run_key(run_id, "info"), info)
-        self._r.zadd(f"{self.prefix}:runs", {run_id: 0})
+        key, runs = self._run_key(run_id, "info"), f"{self.prefix}:runs"
+        if self._one_node:  # in this order, as on a cluster: a listed run has its summary
+            pipe = self._r.pipeline(transaction=False)
+            pipe.set(key, info)
+            pipe.zadd(runs, {run_id: 0})
+            pipe.execute()
+            return
+        self._r.set(key, info)
+        self._r.zadd(runs, {run_id: 0})
 
     def read_info(self, run_id: str) -> bytes | None:
         value = self._r.get(self._run_key(run_id, "info"))
@@ -268,8 +324,18 @@ class RedisBackend(Backend):
         return [_text(i) for i in ids]
 
     def delete_run(self, run_id: str) -> None:
-        parts = ("log", "inbox", "msgs", "lease", "info")
-        self._r.delete(*(self._run_key(run_id, part) for part in parts))
+        """The run's keys first, then its due entries, then its listing (one pipeline on a single node)."""
+        keys = [self._run_key(run_id, part) for part in ("log", "inbox", "msgs", "lease", "info")]
+        if self._one_node:
+            queues = self._r.smembers(f"{self.prefix}:queues")
+            pipe = self._r.pipeline(transaction=False)
+            pipe.delete(*keys)
+            for queue in queues:
+                pipe.zrem(self._queue_key(_text(queue), "due"), run_id)
+            pipe.zrem(f"{self.prefix}:runs", run_id)
+            pipe.execute()
+            return
+        self._r.delete(*keys)
         for queue in self._r.smembers(f"{self.prefix}:queues"):
             self._r.zrem(self._queue_key(_text(queue), "due"), run_id)
         self._r.zrem(f"{self.prefix}:runs", run_id)
