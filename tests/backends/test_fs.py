@@ -322,3 +322,17 @@ def test_a_forked_child_does_not_share_its_parents_lock(fs: FSBackend) -> None:
         os.waitpid(pid, 0)
         for fd in (go_read, go_write, done_read, done_write):
             os.close(fd)
+
+
+def test_a_lease_written_over_a_longer_one_reads_back_and_a_torn_one_is_free(fs: FSBackend) -> None:
+    assert fs.acquire_lease("r", "a-worker-with-a-long-name", 30)
+    fs.release_lease("r", "a-worker-with-a-long-name")
+    assert fs.acquire_lease("r", "b", 30)  # shorter: the end of the longer record stays in the file
+    assert not fs.acquire_lease("r", "a-worker-with-a-long-name", 30)
+    assert fs.renew_lease("r", "b", 30)
+    lease = fs.root / "runs" / run_dir_name("r") / "lease"
+    torn = bytearray(lease.read_bytes())
+    torn[len(frame(b"")) + 1] ^= 0xFF  # a byte of the record's payload: a crash tore the write
+    lease.write_bytes(bytes(torn))
+    assert fs.acquire_lease("r", "c", 30)
+    assert not fs.renew_lease("r", "b", 30)

@@ -239,6 +239,45 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+def _read_lease(fd: int) -> tuple[str, float] | None:
+    """The lease in the open lease file, or None if it is free (or torn by a crash: leases decide nothing)."""
+    data = os.pread(fd, 512, 0)
+    if len(data) < _FRAME:
+        return None
+    length = _HEADER.unpack_from(data)[0]
+    if _FRAME + length > len(data):
+        data += os.pread(fd, _FRAME + length - len(data), len(data))
+    payload = _first_record(data)
+    if not payload:
+        return None
+    owner, _, expires = payload.decode().rpartition("\n")
+    return owner, float(expires)
+
+
+def _write_lease(fd: int, payload: bytes) -> None:
+    """Overwrite the lease in place: bytes a longer lease left after the record are ignored.
+
+    Every reader holds the run's lock, so none sees a write half done; a
+    crash may tear it, and a torn lease reads as free. No fsync: after a
+    crash a lease may be lost, and leases never decide correctness.
+    """
+    _pwrite_all(fd, frame(payload), 0)
+
+
+def _first_record(data: bytes) -> bytes | None:
+    """The record framed at the start of ``data``, or None if it is cut short or damaged."""
+    if len(data) < _FRAME:
+        return None
+    header = data[: _HEADER.size]
+    if zlib.crc32(header) != _HEADER_CRC.unpack_from(data, _HEADER.size)[0]:
+        return None
+    length, payload_crc = _HEADER.unpack(header)
+    payload = data[_FRAME : _FRAME + length]
+    if len(payload) != length or zlib.crc32(payload) != payload_crc:
+        return None
+    return payload
+
+
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
@@ -615,36 +654,57 @@ class FSBackend(Backend):
 
     # -- leases --------------------------------------------------------------
 
-    def _lease(self, path: Path) -> tuple[str, float] | None:
-        raw = self._read(path / "lease")
-        if not raw:
-            return None
-        owner, _, expires = raw.decode().rpartition("\n")
-        return owner, float(expires)
+    def _lease_file(self, folder: str, *, create: bool) -> int:
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        return os.open(os.path.join(folder, "lease"), flags, 0o644)
 
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        with self._locked(run_id) as path:
-            held = self._lease(path)
-            if held is not None and held[0] != owner and held[1] > time.time():
-                return False
-            self._write(path / "lease", f"{owner}\n{time.time() + ttl}".encode(), durable=False)
-            return True
+        lock, folder = self._lock(run_id)
+        try:
+            fd = self._lease_file(folder, create=True)
+            try:
+                held = _read_lease(fd)
+                if held is not None and held[0] != owner and held[1] > time.time():
+                    return False
+                _write_lease(fd, f"{owner}\n{time.time() + ttl}".encode())
+                return True
+            finally:
+                os.close(fd)
+        finally:
+            self._unlock(run_id, lock)
 
     def renew_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        with self._locked(run_id) as path:
-            held = self._lease(path)
-            if held is None or held[0] != owner or held[1] <= time.time():
-                return False
-            self._write(path / "lease", f"{owner}\n{time.time() + ttl}".encode(), durable=False)
-            return True
+        lock, folder = self._lock(run_id)
+        try:
+            fd = self._lease_file(folder, create=True)
+            try:
+                held = _read_lease(fd)
+                if held is None or held[0] != owner or held[1] <= time.time():
+                    return False
+                _write_lease(fd, f"{owner}\n{time.time() + ttl}".encode())
+                return True
+            finally:
+                os.close(fd)
+        finally:
+            self._unlock(run_id, lock)
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        if not self._dir(run_id).is_dir():
+        if not os.path.isdir(self._folder(run_id)):
             return
-        with self._locked(run_id) as path:
-            held = self._lease(path)
-            if held is not None and held[0] == owner:
-                os.unlink(path / "lease")
+        lock, folder = self._lock(run_id)
+        try:
+            try:
+                fd = self._lease_file(folder, create=False)
+            except FileNotFoundError:
+                return
+            try:
+                held = _read_lease(fd)
+                if held is not None and held[0] == owner:
+                    _write_lease(fd, b"")  # free
+            finally:
+                os.close(fd)
+        finally:
+            self._unlock(run_id, lock)
 
     # -- visibility and retention ------------------------------------------
 
