@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from substantial import Conductor, Context, workflow
+from substantial import events as ev
 from substantial.backends import MemoryBackend
 
 STEPS = 20
@@ -84,6 +85,25 @@ def test_a_sticky_cache_hit_reads_only_past_its_version() -> None:
         assert run.result(timeout=10) == [1, "after"]
     second_turn = backend.calls - first_turn
     assert first_turn["read_log"] == 1 and first_turn["read_info"] == 1
-    assert second_turn["read_log"] == 1  # the version check of the cached execution: nothing new, no replay
+    assert second_turn["read_log"] == 0  # the summary's version vouches for the cache; the append checks it
     assert second_turn["read_info"] == 1
     assert second_turn["append_log"] == 1  # the event ingested, consumed, the save and the end: one write
+
+
+def test_a_cached_execution_behind_its_log_is_replaced_even_by_a_turn_that_appends_nothing() -> None:
+    """As after a worker that died between its append and its summary: the summary's version is stale."""
+    backend = CountingBackend()
+    conductor = conductor_on(backend)
+    with conductor.run(1, poll_interval=0.01):
+        run = conductor.start(waits)
+        assert conductor._wait_until(lambda: run.info().waiting_for != "", 10)
+        version = backend.read_log(run.id)[1]
+        finish = [
+            ev.EventReceived(message_id="m", name="go", payload=b'"elsewhere"'),
+            ev.EventConsumed(step=0, command="receive", fingerprint="go", message_id="m"),
+            ev.StepCompleted(step=1, command="save", fingerprint="waits.<locals>.<lambda>", value=b'"after"'),
+            ev.RunCompleted(value=b'["elsewhere","after"]'),
+        ]
+        backend.append_log(run.id, [ev.encode(r) for r in finish], version)
+        backend.schedule(waits.queue, run.id, 0.0)  # a turn that finds nothing new to do
+        assert run.result(timeout=10) == ["elsewhere", "after"]
