@@ -336,3 +336,45 @@ def test_a_lease_written_over_a_longer_one_reads_back_and_a_torn_one_is_free(fs:
     lease.write_bytes(bytes(torn))
     assert fs.acquire_lease("r", "c", 30)
     assert not fs.renew_lease("r", "b", 30)
+
+
+def _pointer(fs: FSBackend, run_id: str, queue: str = "q") -> Path:
+    return fs.root / "runs" / run_dir_name(run_id) / f"due.{queue}"
+
+
+def test_a_due_pointer_torn_by_a_crash_keeps_its_run_due_until_a_schedule_writes_it_whole(fs: FSBackend) -> None:
+    now = time.time()
+    fs.schedule("q", "r", now - 1)
+    pointer = _pointer(fs, "r")
+    torn = bytearray(pointer.read_bytes())
+    torn[len(frame(b"")) + 2] ^= 0xFF  # a byte of the entry's path
+    pointer.write_bytes(bytes(torn))
+    assert fs.due("q", now, 10) == ["r"]  # not taken for stale: the run keeps its entry
+    assert FSBackend(fs.root).due("q", now, 10) == ["r"]
+    fs.schedule("q", "r", now + 3600)  # the turn parks the run: the pointer is whole again
+    assert fs.due("q", now, 10) == []  # and the entry the torn pointer named is stale
+    assert fs.due("q", now + 3601, 10) == ["r"]
+    fs.unschedule("q", "r")
+    assert fs.due("q", now + 3601, 10) == []
+
+
+def test_a_due_pointer_written_whole_by_an_earlier_version_is_read(fs: FSBackend) -> None:
+    now = time.time()
+    fs.schedule("q", "r", now - 1)
+    entry = fs._entry("q", run_dir_name("r"), now - 1)
+    _pointer(fs, "r").write_bytes(str(entry).encode())  # the path, not a framed record
+    assert fs.due("q", now, 10) == ["r"]
+    fs.schedule("q", "r", now + 3600)
+    assert not entry.exists()
+
+
+@pytest.mark.parametrize("run_id", ["r", "Run-A", "Y" * 128])
+def test_a_due_entry_is_empty_and_names_its_run_by_its_file_name(fs: FSBackend, run_id: str) -> None:
+    now = time.time()
+    fs.schedule("q", run_id, now - 1)
+    (entry,) = (p for p in (fs.root / "queues" / "q").rglob("*") if p.is_file())
+    assert entry.read_bytes() == b""
+    assert fs.due("q", now, 10) == [run_id]
+    fs.delete_run(run_id)
+    assert fs.due("q", now, 10) == []
+    assert not entry.exists()

@@ -278,6 +278,21 @@ def _first_record(data: bytes) -> bytes | None:
     return payload
 
 
+def _read_pointer(path: str) -> str | None:
+    """The due entry a run's pointer names; None if it names none, "" if a crash tore it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return None
+    if data.startswith(b"/"):  # an absolute path, as earlier versions wrote it whole
+        return data.decode()
+    record = _first_record(data)
+    if record is None:
+        return ""
+    return record.decode() or None
+
+
 def _identity(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
@@ -552,30 +567,68 @@ class FSBackend(Backend):
         )
 
     def _set_entry(self, queue: str, run_id: str, due_at: float | None) -> None:
-        """Point the run at a new due entry (or none), then remove the old one; the run's lock is held."""
-        path = self._dir(run_id)
-        pointer = path / f"due.{check_run_id(queue)}"
-        old = self._read(pointer)
-        if due_at is not None:
-            entry = self._entry(queue, path.name, due_at)
-            if old is not None and old.decode() == str(entry):
-                return
-            self._create_entry(entry, run_id)
-            self._write(pointer, str(entry).encode())
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(pointer)
-        if old is not None:
-            self._remove_entry(Path(old.decode()))
+        """Point the run at a new due entry (or none), then remove the old one; the run's lock is held.
 
-    def _create_entry(self, entry: Path, run_id: str) -> None:
-        while True:  # another poll may remove an empty bucket between our mkdir and rename
-            try:
-                entry.parent.mkdir(parents=True, exist_ok=True)
-                self._write(entry, run_id.encode())
+        Two fsyncs: the new entry's folder, then the pointer. The entry must
+        be durable before a pointer names it, and the pointer before the old
+        entry goes, so after a crash the pointer names an entry that exists.
+        Removals are not fsync'd: an entry that comes back is named by no
+        pointer, and a poll removes it; a pointer that comes back names an
+        entry that is gone, or one that makes a spurious turn.
+        """
+        folder = self._folder(run_id)
+        pointer = os.path.join(folder, f"due.{check_run_id(queue)}")
+        old = _read_pointer(pointer)
+        if due_at is not None:
+            entry = self._entry(queue, os.path.basename(folder), due_at)
+            if old == str(entry):
                 return
+            self._create_entry(entry)
+            self._write_pointer(pointer, str(entry), folder)
+        elif old is not None:
+            self._write_pointer(pointer, "", folder, durable=False)  # names no entry
+        if old:
+            self._remove_entry(Path(old))
+
+    def _create_entry(self, entry: Path) -> None:
+        """An empty file (its name holds the run's folder name), made durable before a pointer names it."""
+        while True:  # another poll may remove an empty bucket between our mkdir and create
+            try:
+                os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+                break
             except FileNotFoundError:
-                continue
+                self._make_buckets(entry.parent)
+        self._sync_dir(entry.parent)
+
+    def _make_buckets(self, bucket: Path) -> None:
+        """Make the missing folders down to ``bucket``, each made durable in its parent."""
+        missing = []
+        while not bucket.is_dir():
+            missing.append(bucket)
+            bucket = bucket.parent
+        for folder in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir()
+            self._sync_dir(folder.parent)
+
+    def _write_pointer(self, pointer: str, entry: str, folder: str, *, durable: bool = True) -> None:
+        """Write the run's due pointer in place: one framed record, fsync'd (its folder too when new).
+
+        A write torn by a crash reads as "" (see ``_read_pointer``): then no
+        entry of the run is taken for stale until a schedule writes it whole.
+        """
+        try:
+            fd, created = os.open(pointer, os.O_WRONLY | os.O_CLOEXEC), False
+        except FileNotFoundError:
+            fd, created = os.open(pointer, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+        try:
+            _pwrite_all(fd, frame(entry.encode()), 0)
+            if durable:
+                self._sync(fd)
+        finally:
+            os.close(fd)
+        if created and durable:
+            self._sync_dir(Path(folder))
 
     def _remove_entry(self, entry: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -635,22 +688,27 @@ class FSBackend(Backend):
 
     def _live_entry(self, queue: str, entry: Path) -> str | None:
         """The run of a due entry, or None (and the entry removed) if its run moved on."""
-        raw = self._read(entry)
-        if raw is None:
+        name = entry.name.partition("-")[2]
+        run_id = self._run_id_in(name)
+        if run_id is None:
+            self._remove_entry(entry)  # its run was deleted
             return None
-        run_id = raw.decode()
-        pointer = self._read(self._dir(run_id) / f"due.{queue}")
-        if pointer is None or pointer.decode() != str(entry):
-            if self._is_stale(run_id, queue, entry):
-                self._remove_entry(entry)
+        pointer = os.path.join(self._runs, name, f"due.{queue}")
+        if _read_pointer(pointer) == str(entry):
+            return run_id
+        with self._locked(run_id):  # a schedule may be between writing the entry and its pointer
+            named = _read_pointer(pointer)
+            if named == str(entry) or named == "":  # "": torn by a crash, the turn writes it again
+                return run_id
+            self._remove_entry(entry)
             return None
-        return run_id
 
-    def _is_stale(self, run_id: str, queue: str, entry: Path) -> bool:
-        """Checked under the run's lock: a schedule may be between writing the entry and its pointer."""
-        with self._locked(run_id):
-            pointer = self._read(self._dir(run_id) / f"due.{queue}")
-            return pointer is None or pointer.decode() != str(entry)
+    def _run_id_in(self, name: str) -> str | None:
+        """The run id of a run folder's name; None if the id file of a hashed name is gone."""
+        if not name.startswith("~"):
+            return _run_id_of(name)
+        raw = self._read(self._runs / name / "id")
+        return raw.decode() if raw is not None else None
 
     # -- leases --------------------------------------------------------------
 
@@ -733,9 +791,9 @@ class FSBackend(Backend):
             return
         with self._locked(run_id):
             for pointer in path.glob("due.*"):
-                entry = self._read(pointer)
-                if entry is not None:
-                    self._remove_entry(Path(entry.decode()))
+                entry = _read_pointer(str(pointer))
+                if entry:
+                    self._remove_entry(Path(entry))
             graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"
             os.rename(path, graveyard)
             self._tails.pop(run_id, None)
