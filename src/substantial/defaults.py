@@ -6,6 +6,8 @@ from __future__ import annotations
 THREADS = 8
 #: Seconds a lease lasts unless renewed; renewed every third of it during a turn.
 LEASE_TTL = 30.0
+#: Seconds a turn runs before its run's status shows ``running`` (shorter turns never write it).
+RUNNING_AFTER = 0.25
 #: Suspended generators a worker keeps (LRU); 0 turns the sticky cache off.
 CACHE_SIZE = 1024
 #: Longest idle wait of the poller, in seconds, when nothing wakes it sooner.

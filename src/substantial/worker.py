@@ -110,6 +110,7 @@ class Worker:
         # the saves of an all/any: a pool of their own, so turns never wait on their own pool
         self._steps = ThreadPoolExecutor(threads, thread_name_prefix="substantial-step")
         self._in_flight: dict[str, Future[None]] = {}
+        self._turns: dict[str, _Turn] = {}  # turns running now (a run in flight may still be queued)
         self._lock = threading.Lock()
         self._timers: list[float] = []
         self._wake = threading.Event()
@@ -218,9 +219,19 @@ class Worker:
                 self._stopping.wait(self.poll_interval)
 
     def _renew_loop(self) -> None:
-        while not self._stopping.wait(self.lease_ttl / 3):
+        """Renew the leases of runs in flight; show turns that last as running."""
+        renewed = time.monotonic()
+        while not self._stopping.wait(min(self.lease_ttl / 3, defaults.RUNNING_AFTER / 2)):
             with self._lock:
-                runs = list(self._in_flight)
+                runs, turns = list(self._in_flight), list(self._turns.values())
+            for turn in turns:
+                try:
+                    turn.mark_running()
+                except Exception:
+                    log.exception("marking run %s running failed", turn.run_id)
+            if time.monotonic() - renewed < self.lease_ttl / 3:
+                continue
+            renewed = time.monotonic()
             for run_id in runs:
                 try:
                     if not self.backend.renew_lease(run_id, self.owner, self.lease_ttl):
@@ -232,6 +243,8 @@ class Worker:
 
     def _turn(self, queue: str, run_id: str) -> None:
         turn = _Turn(self, queue, run_id)
+        with self._lock:
+            self._turns[run_id] = turn
         try:
             turn.run()
         except (Conflict, _Abandoned):
@@ -245,6 +258,7 @@ class Worker:
                 log.exception("releasing the lease of run %s failed", run_id)
             with self._lock:
                 self._in_flight.pop(run_id, None)
+                self._turns.pop(run_id, None)
             self._wake.set()
             self._on_turn()
 
@@ -288,6 +302,10 @@ class _Turn:
         self.version = 0
         self.status_before: RunStatus | None = None
         self.summary: Summary | None = None
+        self.summary_lock = threading.RLock()  # the turn's thread and the worker's status thread write it
+        self.began = time.monotonic()
+        self.marked = False  # shown as running
+        self.ended = False  # the turn's last status is written
         self.unsaved: list[bytes] = []  # ingested messages, appended with the turn's first records
         self.unacked: list[str] = []  # their ids, acknowledged once appended
         self.cached = False  # the execution came from the sticky cache: nothing left unposted
@@ -305,7 +323,6 @@ class _Turn:
             return
         try:
             self._ingest(execution, messages)
-            self._set_summary(RunStatus.RUNNING)
             execution, progress = self._advance(execution)
         except BaseException:
             execution.close()
@@ -384,7 +401,7 @@ class _Turn:
     def _tidy_finished(self, execution: Execution, messages: list[Message]) -> None:
         """A finished log: finish what a worker that died after its end left undone, unschedule."""
         execution.close()
-        self._set_summary(_STATUS[execution.state], waiting_for="", due_at=None)
+        self._set_summary(_STATUS[execution.state], ends_turn=True, waiting_for="", due_at=None)
         self._tell_relatives(execution)
         self.backend.unschedule(self.queue, self.run_id)
         if messages:
@@ -442,6 +459,7 @@ class _Turn:
         now = time.time()
         self._set_summary(
             _STATUS[progress.state],
+            ends_turn=True,
             waiting_for=progress.waiting_for,
             due_at=progress.due_at,
             last_error="",
@@ -497,18 +515,29 @@ class _Turn:
             self.backend.post(parent.parent_queue, parent.parent, Message(ended.message_id, ev.encode_message(ended)))
             self.w.wake()
 
+    def mark_running(self) -> None:
+        """Show the run as running once its turn has lasted ``RUNNING_AFTER``; short turns never write it."""
+        if not self.marked and time.monotonic() - self.began >= defaults.RUNNING_AFTER:
+            self.marked = True
+            self._set_summary(RunStatus.RUNNING)
+
     def _read_summary(self) -> Summary | None:
         """The run's summary, read once per turn: only the lease holder writes it meanwhile."""
-        if self.summary is None:
-            raw = self.backend.read_info(self.run_id)
-            if raw is None:
-                return None
-            self.summary = Summary.from_bytes(raw)
-            self.status_before = self.summary.status
-        return self.summary
+        with self.summary_lock:
+            if self.summary is None:
+                raw = self.backend.read_info(self.run_id)
+                if raw is None:
+                    return None
+                self.summary = Summary.from_bytes(raw)
+                self.status_before = self.summary.status
+            return self.summary
 
-    def _set_summary(self, status: RunStatus, **changes: object) -> None:
-        summary = self._read_summary()
-        if summary is not None:
+    def _set_summary(self, status: RunStatus, *, ends_turn: bool = False, **changes: object) -> None:
+        """Write the summary; once the turn's last status is written, a late ``running`` is not."""
+        with self.summary_lock:
+            summary = self._read_summary()
+            if summary is None or self.ended:
+                return
+            self.ended = ends_turn
             self.summary = summary.but(status=status, updated_at=time.time(), **changes)
             self.backend.write_info(self.run_id, self.summary.to_bytes())
