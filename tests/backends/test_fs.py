@@ -12,6 +12,7 @@ import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -378,3 +379,25 @@ def test_a_due_entry_is_empty_and_names_its_run_by_its_file_name(fs: FSBackend, 
     fs.delete_run(run_id)
     assert fs.due("q", now, 10) == []
     assert not entry.exists()
+
+
+def test_a_schedule_makes_its_buckets_again_when_another_move_removes_one(
+    fs: FSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another run's move removes empty buckets: one may go between our mkdir of it and of the folder in it."""
+    now = time.time()
+    fs.append_log("r", [b"x"], 0)
+    real_mkdir = Path.mkdir
+    raced: list[Path] = []
+
+    def racing_mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        if not raced and self.parent.parent.parent.name == "q":  # the minute bucket, in a day bucket just made
+            raced.append(self)
+            self.parent.rmdir()
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    fs.schedule("q", "r", now - 1)
+    monkeypatch.undo()
+    assert raced
+    assert fs.due("q", now, 10) == ["r"]

@@ -592,13 +592,15 @@ class FSBackend(Backend):
 
     def _create_entry(self, entry: Path) -> None:
         """An empty file (its name holds the run's folder name), made durable before a pointer names it."""
-        while True:  # another poll may remove an empty bucket between our mkdir and create
+        while True:
             try:
                 os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
                 break
             except FileNotFoundError:
+                pass
+            with contextlib.suppress(FileNotFoundError):  # another run's move removed an empty bucket: again
                 self._make_buckets(entry.parent)
-        self._sync_dir(entry.parent)
+        self._sync_dir(entry.parent)  # not empty now: no one removes it
 
     def _make_buckets(self, bucket: Path) -> None:
         """Make the missing folders down to ``bucket``, each made durable in its parent."""
