@@ -18,15 +18,16 @@ STEPS = 20
 class CountingBackend(MemoryBackend):
     """A memory store that counts the calls a worker's turns make of each operation."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: str = "substantial-turn") -> None:
         super().__init__()
         self.calls: Counter[str] = Counter()
+        self.threads = threads
 
     def __getattribute__(self, name: str) -> Any:
         attribute = super().__getattribute__(name)
-        if name.startswith("_") or name == "calls" or not callable(attribute):
+        if name.startswith("_") or name in ("calls", "threads") or not callable(attribute):
             return attribute
-        if not threading.current_thread().name.startswith("substantial-turn"):
+        if not threading.current_thread().name.startswith(super().__getattribute__("threads")):
             return attribute  # the poller's and the test's own calls are not a turn's
         calls: Counter[str] = super().__getattribute__("calls")
 
@@ -107,3 +108,14 @@ def test_a_cached_execution_behind_its_log_is_replaced_even_by_a_turn_that_appen
         backend.append_log(run.id, [ev.encode(r) for r in finish], version)
         backend.schedule(waits.queue, run.id, 0.0)  # a turn that finds nothing new to do
         assert run.result(timeout=10) == ["elsewhere", "after"]
+
+
+def test_a_start_writes_the_summary_and_posts_and_looks_up_only_an_id_it_was_given() -> None:
+    backend = CountingBackend(threads="")
+    conductor = conductor_on(backend)
+    conductor.start(steps, 1)
+    assert backend.calls == {"write_info": 1, "post": 1}
+    backend.calls.clear()
+    conductor.start(steps, 1, run_id="given")
+    conductor.start(steps, 1, run_id="given")  # idempotent: the second finds the run
+    assert backend.calls == {"read_info": 2, "write_info": 1, "post": 2}

@@ -58,10 +58,11 @@ class Conductor:
         ``InvalidRunId`` or ``CodecError`` before anything is stored.
         """
         workflow = self.registry.resolve(wf)
-        run_id = check_run_id(run_id) if run_id is not None else uuid.uuid4().hex
+        fresh = run_id is None
+        run_id = uuid.uuid4().hex if run_id is None else check_run_id(run_id)
         call = encode_at(self.codec, {"args": list(args), "kwargs": kwargs}, run_id, "the workflow's arguments")
         started = ev.RunStarted(message_id=START_ID, workflow=workflow.name, queue=workflow.queue, args=call)
-        summary = post_start(self.backend, run_id, started)
+        summary = post_start(self.backend, run_id, started, fresh=fresh)
         self._wake_workers()
         return RunHandle(self, run_id, summary.queue)
 

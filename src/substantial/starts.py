@@ -11,14 +11,15 @@ from substantial.runs import RunStatus, Summary
 START_ID = "start"  # one start message per run: a repeated start is ingested once
 
 
-def post_start(backend: Backend, run_id: str, started: ev.RunStarted) -> Summary:
+def post_start(backend: Backend, run_id: str, started: ev.RunStarted, *, fresh: bool = False) -> Summary:
     """Write the run's summary unless it exists, then post its start; returns the summary.
 
     The start is posted even when the run exists, so a start that died
     between the two writes is completed; a run of another workflow under
-    that id is left alone.
+    that id is left alone. A ``fresh`` id (one just made up) cannot exist:
+    it is not looked up.
     """
-    raw = backend.read_info(run_id)
+    raw = None if fresh else backend.read_info(run_id)
     if raw is not None:
         summary = Summary.from_bytes(raw)
         if summary.workflow != started.workflow:
