@@ -234,10 +234,15 @@ class Worker:
             renewed = time.monotonic()
             for run_id in runs:
                 try:
-                    if not self.backend.renew_lease(run_id, self.owner, self.lease_ttl):
+                    if not self.backend.renew_lease(run_id, self.owner, self.lease_ttl) and self._holds(run_id):
                         log.warning("lost the lease of run %s; its next append decides", run_id)
                 except Exception:
                     log.exception("renewing the lease of run %s failed", run_id)
+
+    def _holds(self, run_id: str) -> bool:
+        """Whether a turn of the run is still in flight (one that ended has let its lease go)."""
+        with self._lock:
+            return run_id in self._in_flight
 
     # -- one turn ------------------------------------------------------------
 
