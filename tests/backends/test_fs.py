@@ -381,6 +381,45 @@ def test_a_due_entry_is_empty_and_names_its_run_by_its_file_name(fs: FSBackend, 
     assert not entry.exists()
 
 
+def test_a_summary_torn_by_a_crash_leaves_the_one_before(fs: FSBackend) -> None:
+    fs.write_info("r", b"first, and longer")
+    fs.write_info("r", b"second")
+    assert fs.read_info("r") == b"second"
+    newest = fs.root / "runs" / "r" / "info.1"
+    torn = bytearray(newest.read_bytes())
+    torn[-1] ^= 0xFF
+    newest.write_bytes(bytes(torn))
+    assert FSBackend(fs.root).read_info("r") == b"first, and longer"
+    fs.write_info("r", b"third")  # over the torn slot
+    assert FSBackend(fs.root).read_info("r") == b"third"
+    fs.write_info("r", b"4")  # over the longer first: its end stays in the file, past the record
+    assert FSBackend(fs.root).read_info("r") == b"4"
+    assert fs.list_runs() == ["r"]
+
+
+def test_a_summary_written_whole_by_an_earlier_version_is_read(fs: FSBackend) -> None:
+    fs.append_log("r", [b"x"], 0)
+    (fs.root / "runs" / "r" / "info").write_bytes(b"legacy")
+    assert fs.read_info("r") == b"legacy"
+    assert fs.list_runs() == ["r"]
+    fs.write_info("r", b"new")
+    assert fs.read_info("r") == b"new"
+
+
+def test_a_reader_never_sees_a_summary_half_written(tmp_path: Path) -> None:
+    writer, reader = FSBackend(tmp_path / "store", fsync=False), FSBackend(tmp_path / "store", fsync=False)
+    written = [b"%d:" % i + b"x" * (i % 97) for i in range(3000)]
+    writer.write_info("r", written[0])
+    thread = threading.Thread(target=lambda: [writer.write_info("r", s) for s in written[1:]])
+    thread.start()
+    seen = set()
+    while thread.is_alive():
+        seen.add(reader.read_info("r"))
+    thread.join()
+    assert seen <= set(written)
+    assert reader.read_info("r") == written[-1]
+
+
 def test_a_schedule_makes_its_buckets_again_when_another_move_removes_one(
     fs: FSBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
