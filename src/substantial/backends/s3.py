@@ -24,11 +24,10 @@ import struct
 import threading
 import time
 import uuid
-import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import boto3  # type: ignore[import-untyped]
@@ -42,6 +41,19 @@ from botocore.exceptions import (  # type: ignore[import-untyped]
 )
 
 from substantial.backends.base import Backend, Message, check_run_id
+from substantial.backends.s3_log import (
+    APPEND,
+    BASE,
+    DELTA,
+    REPLACE,
+    Chain,
+    Piece,
+    RunCache,
+    decode_piece,
+    encode_piece,
+    seg_of,
+    stitch,
+)
 from substantial.errors import Conflict, CorruptRecord, StorageError, SubstantialError
 
 log = logging.getLogger("substantial.backends.s3")
@@ -58,13 +70,7 @@ POSTING_SCAN_EVERY = 5.0
 CACHED_RUNS = 1024
 
 _T = TypeVar("_T")
-_MAGIC = b"SBS1"
-# kind, epoch, number, v_from, v_to, base end, base version, delta end, delta version, token, record count
-_HEAD = struct.Struct(">4sBQQQQqQqQ16sI")
-_LEN = struct.Struct(">I")
 _STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body
-_APPEND, _REPLACE, _BASE, _DELTA = 0, 1, 2, 3
-_SEG_KINDS = {".base": _BASE, ".delta": _DELTA}
 _RETRYABLE_CODES = {
     "SlowDown",
     "Throttling",
@@ -96,118 +102,6 @@ class S3Error(StorageError):
         self.code = code
         hint = _HINTS.get(code, "")
         super().__init__(f"S3 {operation} of {key!r} failed: {code}: {message}" + (f" ({hint})" if hint else ""))
-
-
-@dataclass(frozen=True)
-class _Piece:
-    """One stored object of a log: the records of versions [v_from, v_to) as of log object ``number``."""
-
-    kind: int
-    epoch: int  # number of the log object that began this generation of the log (a replace, or 0)
-    number: int
-    v_from: int
-    v_to: int
-    base: tuple[int, int] | None  # (end, version) of the base segment its writer knew
-    delta: tuple[int, int] | None  # (end, version) of the delta segment its writer knew
-    token: bytes
-    records: list[bytes]
-
-
-def _encode(piece: _Piece) -> bytes:
-    base, delta = piece.base or (-1, 0), piece.delta or (-1, 0)
-    head = _HEAD.pack(
-        _MAGIC, piece.kind, piece.epoch, piece.number, piece.v_from, piece.v_to, *base, *delta, piece.token,
-        len(piece.records),
-    )  # fmt: skip
-    body = b"".join([head, *(_LEN.pack(len(r)) + r for r in piece.records)])
-    return body + _LEN.pack(zlib.crc32(body))
-
-
-def _decode(data: bytes, key: str) -> _Piece:
-    if len(data) < _HEAD.size + _LEN.size or data[:4] != _MAGIC:
-        raise CorruptRecord(f"S3 object {key!r} is not a log object of this format")
-    (crc,) = _LEN.unpack_from(data, len(data) - _LEN.size)
-    if zlib.crc32(data[: -_LEN.size]) != crc:
-        raise CorruptRecord(f"S3 object {key!r} is damaged (checksum mismatch)")
-    _, kind, epoch, number, v_from, v_to, b_end, b_v, d_end, d_v, token, count = _HEAD.unpack_from(data)
-    records, offset = [], _HEAD.size
-    for _ in range(count):
-        (length,) = _LEN.unpack_from(data, offset)
-        records.append(data[offset + _LEN.size : offset + _LEN.size + length])
-        offset += _LEN.size + length
-    if offset != len(data) - _LEN.size or v_to - v_from != count:
-        raise CorruptRecord(f"S3 object {key!r} is damaged (its records do not add up)")
-    base = (b_end, b_v) if b_end >= 0 else None
-    delta = (d_end, d_v) if d_end >= 0 else None
-    return _Piece(kind, epoch, number, v_from, v_to, base, delta, token, records)
-
-
-def _stitch(pieces: Iterable[_Piece]) -> list[bytes] | None:
-    """The whole log from pieces: the newest piece, then older ones of its epoch back to version 0."""
-    pieces = list(pieces)
-    if not pieces:
-        return []
-    top = max(pieces, key=lambda p: (p.number, p.kind in (_APPEND, _REPLACE)))
-    same = [p for p in pieces if p.epoch == top.epoch]
-    chosen = [top]
-    while chosen[-1].v_from > 0:
-        start = chosen[-1].v_from
-        covering = [p for p in same if p.v_from < start <= p.v_to]
-        if not covering:
-            return None
-        chosen.append(min(covering, key=lambda p: p.v_from))
-    records: list[bytes] = []
-    for piece in reversed(chosen):  # pieces of one epoch agree wherever they overlap
-        records = records[: piece.v_from] + piece.records
-    return records
-
-
-@dataclass
-class _Chain:
-    """What a client knows of a run's log: its records, the next object number, its segments."""
-
-    epoch: int = 0
-    next_n: int = 0
-    records: list[bytes] = field(default_factory=list)
-    base: tuple[int, int] | None = None
-    delta: tuple[int, int] | None = None
-    window_objects: int = 0  # log objects written since the segment the window starts at
-    stale: set[str] = field(default_factory=set)  # segment keys superseded, to delete
-    merging: bool = False  # a segment of this chain is being written
-
-    @property
-    def version(self) -> int:
-        return len(self.records)
-
-    @property
-    def window_from(self) -> int:
-        """The version the next append's object starts at: the end of the newest segment known."""
-        return self.delta[1] if self.delta else self.base[1] if self.base else 0
-
-    @property
-    def window_end(self) -> int:
-        """The last log object the newest segment known covers (the one before the epoch if none)."""
-        return self.delta[0] if self.delta else self.base[0] if self.base else self.epoch - 1
-
-    def learn(self, piece: _Piece) -> None:
-        """Adopt the newer segments another writer knew, within this epoch."""
-        if piece.epoch != self.epoch:
-            return
-        if piece.base and (self.base is None or piece.base[0] > self.base[0]):
-            self.base, self.delta = piece.base, None
-        newer = piece.delta and (self.delta is None or piece.delta[0] > self.delta[0])
-        if piece.delta and newer and self.base and piece.delta[1] >= self.base[1]:
-            self.delta = piece.delta
-
-
-class _RunCache:
-    """A client's memory of one run: its log chain, lease and due pointers (with their ETags)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.chain: _Chain | None = None
-        self.lease: tuple[str, str, float] | None = None  # etag, owner, expiry
-        self.pointers: dict[str, tuple[str | None, list[str]]] = {}  # queue -> (etag or None, entry keys)
 
 
 def _client_config() -> Any:
@@ -258,7 +152,7 @@ class S3Backend(Backend):
         self.client.meta.events.register("before-send.s3", _no_expect_continue, unique_id="substantial-no-expect")
         self.retry_for = retry_for
         self._guard = threading.Lock()
-        self._runs: OrderedDict[str, _RunCache] = OrderedDict()
+        self._runs: OrderedDict[str, RunCache] = OrderedDict()
         self._seen: OrderedDict[tuple[str, str], set[str]] = OrderedDict()  # entries a poll returned
         self._scanned: dict[str, float] = {}
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="substantial-s3")
@@ -360,12 +254,12 @@ class S3Backend(Backend):
             return [f(k) for k in keys]
         return list(self._pool.map(f, keys))
 
-    def _run(self, run_id: str) -> _RunCache:
+    def _run(self, run_id: str) -> RunCache:
         check_run_id(run_id)
         with self._guard:
             cache = self._runs.get(run_id)
             if cache is None:
-                cache = self._runs[run_id] = _RunCache()
+                cache = self._runs[run_id] = RunCache()
                 if len(self._runs) > CACHED_RUNS:
                     self._runs.popitem(last=False)
             else:
@@ -378,18 +272,18 @@ class S3Backend(Backend):
         return self._key("runs", run_id, "log", f"{n:016d}")
 
     def _seg_key(self, run_id: str, end: int, kind: int) -> str:
-        return self._key("runs", run_id, "seg", f"{end:016d}" + (".base" if kind == _BASE else ".delta"))
+        return self._key("runs", run_id, "seg", f"{end:016d}" + (".base" if kind == BASE else ".delta"))
 
-    def _piece(self, key: str) -> _Piece | None:
+    def _piece(self, key: str) -> Piece | None:
         found = self._get(key)
-        return _decode(found[0], key) if found is not None else None
+        return decode_piece(found[0], key) if found is not None else None
 
-    def _chain(self, run_id: str, cache: _RunCache) -> _Chain:
+    def _chain(self, run_id: str, cache: RunCache) -> Chain:
         """The run's chain brought up to date: one LIST if this client knows the log, a cold read if not."""
         cache.chain = self._read_cold(run_id) if cache.chain is None else self._refresh(run_id, cache.chain)
         return cache.chain
 
-    def _refresh(self, run_id: str, chain: _Chain) -> _Chain:
+    def _refresh(self, run_id: str, chain: Chain) -> Chain:
         """Objects written since the chain's last: one LIST, and a GET of the newest if there are any."""
         after = self._log_key(run_id, chain.next_n - 1) if chain.next_n else None
         keys = list(self._list(self._key("runs", run_id, "log/"), after=after))
@@ -399,14 +293,14 @@ class S3Backend(Backend):
         if top is None or not (top.v_from == 0 or (top.epoch == chain.epoch and top.v_from <= chain.version)):
             return self._read_cold(run_id)
         records = top.records if top.v_from == 0 else chain.records[: top.v_from] + top.records
-        fresh = _Chain(top.epoch, top.number + 1, records, stale=chain.stale)
+        fresh = Chain(top.epoch, top.number + 1, records, stale=chain.stale)
         if top.epoch == chain.epoch:
             fresh.base, fresh.delta = chain.base, chain.delta
         fresh.learn(top)
         fresh.window_objects = top.number - fresh.window_end
         return fresh
 
-    def _read_cold(self, run_id: str) -> _Chain:
+    def _read_cold(self, run_id: str) -> Chain:
         """A log this client knows nothing of: two LISTs, then up to three GETs in parallel.
 
         The newest base segment, the newest delta over it and the newest log
@@ -414,35 +308,35 @@ class S3Backend(Backend):
         make the whole log.
         """
         for _ in range(3):
-            segs = {key: _seg_of(key) for key in self._list(self._key("runs", run_id, "seg/"))}
+            segs = {key: seg_of(key) for key in self._list(self._key("runs", run_id, "seg/"))}
             last_end = max((end for end, _ in segs.values()), default=-1)
             after = self._log_key(run_id, last_end) if last_end >= 0 else None
             listed = self._list(self._key("runs", run_id, "log/"), after=after)
             newest = next(iter(deque(listed, maxlen=1)), None)  # the newest object after the segments
-            base = max((k for k, (_, kind) in segs.items() if kind == _BASE), default=None)
+            base = max((k for k, (_, kind) in segs.items() if kind == BASE), default=None)
             base_end = segs[base][0] if base else -1
-            delta = max((k for k, (end, kind) in segs.items() if kind == _DELTA and end > base_end), default=None)
+            delta = max((k for k, (end, kind) in segs.items() if kind == DELTA and end > base_end), default=None)
             wanted = [k for k in (newest, base, delta) if k]
             pieces = self._map(self._piece, wanted)
             if any(p is None for p in pieces):
                 continue  # a segment was merged away after the listing
             found = [p for p in pieces if p is not None]
             if not found:
-                return _Chain()
-            records = _stitch(found)
+                return Chain()
+            records = stitch(found)
             if records is None:
                 records, found = self._walk_back(run_id, found)
             return self._chain_of(run_id, found, records, segs)
         records, found = self._walk_back(run_id, [])
         return self._chain_of(run_id, found, records, {})
 
-    def _walk_back(self, run_id: str, found: list[_Piece]) -> tuple[list[bytes], list[_Piece]]:
+    def _walk_back(self, run_id: str, found: list[Piece]) -> tuple[list[bytes], list[Piece]]:
         """The slow path: read log objects from the newest back until they chain to version 0."""
         keys = list(self._list(self._key("runs", run_id, "log/")))
-        have = {p.number for p in found if p.kind in (_APPEND, _REPLACE)}
+        have = {p.number for p in found if p.kind in (APPEND, REPLACE)}
         todo = [k for k in reversed(keys) if int(k[-16:]) not in have]
         while True:
-            records = _stitch(found)
+            records = stitch(found)
             if records is not None and found:
                 return records, found
             if not todo:
@@ -453,21 +347,21 @@ class S3Backend(Backend):
             found = found + [p for p in self._map(self._piece, batch) if p is not None]
 
     def _chain_of(
-        self, run_id: str, found: list[_Piece], records: list[bytes], segs: dict[str, tuple[int, int]]
-    ) -> _Chain:
+        self, run_id: str, found: list[Piece], records: list[bytes], segs: dict[str, tuple[int, int]]
+    ) -> Chain:
         if not found:
-            return _Chain()
+            return Chain()
         top = max(found, key=lambda p: p.number)
-        chain = _Chain(top.epoch, top.number + 1, records)
+        chain = Chain(top.epoch, top.number + 1, records)
         for piece in sorted(found, key=lambda p: (p.number, p.kind)):
             if piece.epoch != top.epoch:
                 continue
-            if piece.kind == _BASE:
+            if piece.kind == BASE:
                 chain.base, chain.delta = (piece.number, piece.v_to), None
-            elif piece.kind == _DELTA and chain.base is not None and piece.v_from <= chain.base[1]:
+            elif piece.kind == DELTA and chain.base is not None and piece.v_from <= chain.base[1]:
                 chain.delta = (piece.number, piece.v_to)
             chain.learn(piece)
-        live = {self._seg_key(run_id, s[0], kind) for kind, s in ((_BASE, chain.base), (_DELTA, chain.delta)) if s}
+        live = {self._seg_key(run_id, s[0], kind) for kind, s in ((BASE, chain.base), (DELTA, chain.delta)) if s}
         chain.stale = set(segs) - live
         chain.window_objects = top.number - chain.window_end
         return chain
@@ -480,9 +374,9 @@ class S3Backend(Backend):
 
     # -- the log: writes -----------------------------------------------------
 
-    def _create(self, key: str, piece: _Piece) -> bool:
+    def _create(self, key: str, piece: Piece) -> bool:
         """Create the object unless it exists; True if it now holds ``piece`` (a retried write may have landed)."""
-        if self._put(key, _encode(piece), if_none_match=True) is not None:
+        if self._put(key, encode_piece(piece), if_none_match=True) is not None:
             return True
         there = self._piece(key)
         return there is not None and there.token == piece.token
@@ -499,8 +393,8 @@ class S3Backend(Backend):
                 if not records:
                     return chain.version
                 start = chain.window_from
-                piece = _Piece(
-                    _APPEND, chain.epoch, chain.next_n, start, chain.version + len(records), chain.base, chain.delta,
+                piece = Piece(
+                    APPEND, chain.epoch, chain.next_n, start, chain.version + len(records), chain.base, chain.delta,
                     uuid.uuid4().bytes, chain.records[start:] + list(records),
                 )  # fmt: skip
                 if self._create(self._log_key(run_id, chain.next_n), piece):
@@ -512,7 +406,7 @@ class S3Backend(Backend):
                 chain = cache.chain = self._refresh(run_id, chain)  # another writer took that number
             raise Conflict(f"run {run_id!r}: the log kept moving under append at version {expected_version}")
 
-    def _maybe_merge(self, run_id: str, cache: _RunCache, chain: _Chain) -> None:
+    def _maybe_merge(self, run_id: str, cache: RunCache, chain: Chain) -> None:
         """Merge the window into a segment once it is long, in the background (the run's lock is held).
 
         A delta holds the records since the base; a new base (the whole log)
@@ -525,10 +419,10 @@ class S3Backend(Backend):
             return
         end, base_v = chain.next_n - 1, chain.base[1] if chain.base else 0
         since_base = sum(map(len, chain.records[base_v:]))
-        kind = _DELTA if chain.base and 2 * since_base <= sum(map(len, chain.records[:base_v])) else _BASE
-        start = base_v if kind == _DELTA else 0
-        base = chain.base if kind == _DELTA else None
-        piece = _Piece(
+        kind = DELTA if chain.base and 2 * since_base <= sum(map(len, chain.records[:base_v])) else BASE
+        start = base_v if kind == DELTA else 0
+        base = chain.base if kind == DELTA else None
+        piece = Piece(
             kind, chain.epoch, end, start, chain.version, base, None, uuid.uuid4().bytes, chain.records[start:]
         )
         try:
@@ -537,9 +431,9 @@ class S3Backend(Backend):
         except RuntimeError:  # closed meanwhile: the append stands, the merge waits for another client
             pass
 
-    def _merge(self, run_id: str, cache: _RunCache, chain: _Chain, piece: _Piece) -> None:
+    def _merge(self, run_id: str, cache: RunCache, chain: Chain, piece: Piece) -> None:
         try:
-            self._put(self._seg_key(run_id, piece.number, piece.kind), _encode(piece), if_none_match=True)
+            self._put(self._seg_key(run_id, piece.number, piece.kind), encode_piece(piece), if_none_match=True)
         except SubstantialError as e:  # exists: a segment of the same records, as good
             log.warning("run %s: merging its log objects failed, a later append tries again: %s", run_id, e)
             with cache.lock:
@@ -549,9 +443,9 @@ class S3Backend(Backend):
             chain.merging = False
             if cache.chain is not chain:
                 return  # read anew meanwhile: the next reader lists the segment
-            superseded = [(_DELTA, chain.delta), (_BASE, chain.base if piece.kind == _BASE else None)]
+            superseded = [(DELTA, chain.delta), (BASE, chain.base if piece.kind == BASE else None)]
             chain.stale.update(self._seg_key(run_id, seg[0], kind) for kind, seg in superseded if seg)
-            if piece.kind == _BASE:
+            if piece.kind == BASE:
                 chain.base, chain.delta = (piece.number, piece.v_to), None
             else:
                 chain.delta = (piece.number, piece.v_to)
@@ -574,18 +468,18 @@ class S3Backend(Backend):
                 chain = cache.chain = self._refresh(run_id, chain)
             raise Conflict(f"run {run_id!r}: the log kept moving under replace at version {expected_version}")
 
-    def _start_epoch(self, run_id: str, cache: _RunCache, chain: _Chain, records: list[bytes]) -> bool:
+    def _start_epoch(self, run_id: str, cache: RunCache, chain: Chain, records: list[bytes]) -> bool:
         """Write a replace object (a new generation of the log) and a base segment of it."""
         n = chain.next_n
-        piece = _Piece(_REPLACE, n, n, 0, len(records), None, None, uuid.uuid4().bytes, records)
+        piece = Piece(REPLACE, n, n, 0, len(records), None, None, uuid.uuid4().bytes, records)
         if not self._create(self._log_key(run_id, n), piece):
             return False
-        fresh = _Chain(n, n + 1, list(records), stale=set(chain.stale))
-        fresh.stale.update(self._seg_key(run_id, s[0], k) for k, s in ((_BASE, chain.base), (_DELTA, chain.delta)) if s)
+        fresh = Chain(n, n + 1, list(records), stale=set(chain.stale))
+        fresh.stale.update(self._seg_key(run_id, s[0], k) for k, s in ((BASE, chain.base), (DELTA, chain.delta)) if s)
         if records:  # so later appends hold only their own records; if this is lost, the first merge writes one
-            base = replace(piece, kind=_BASE, token=uuid.uuid4().bytes)
+            base = replace(piece, kind=BASE, token=uuid.uuid4().bytes)
             try:
-                self._put(self._seg_key(run_id, n, _BASE), _encode(base), if_none_match=True)
+                self._put(self._seg_key(run_id, n, BASE), encode_piece(base), if_none_match=True)
                 fresh.base = (n, len(records))
             except SubstantialError as e:
                 log.warning("run %s: writing the base segment of its replaced log failed: %s", run_id, e)
@@ -819,11 +713,6 @@ class S3Backend(Backend):
 def _no_expect_continue(request: Any, **_: Any) -> None:
     if "Expect" in request.headers:
         del request.headers["Expect"]
-
-
-def _seg_of(key: str) -> tuple[int, int]:
-    name = key.rsplit("/", 1)[1]
-    return int(name[:16]), _SEG_KINDS[name[16:]]
 
 
 def _code(error: ClientError) -> str:
