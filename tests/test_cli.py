@@ -526,6 +526,7 @@ def test_a_second_signal_exits_at_once(
     worker = worker_process()
     run = starter.start(slow)
     wait_until((tmp_path / "started").exists, timeout=20)
+    wait_until(lambda: run.status() is RunStatus.RUNNING, timeout=20)  # shown once the turn lasts RUNNING_AFTER
     worker.proc.send_signal(signal.SIGINT)
     worker.wait_for_line("SIGINT: stopping")
     worker.proc.send_signal(signal.SIGINT)
@@ -540,6 +541,7 @@ def test_the_stop_timeout_bounds_the_stop(
     worker = worker_process("--stop-timeout", "0.1")
     run = starter.start(slow)
     wait_until((tmp_path / "started").exists, timeout=20)
+    wait_until(lambda: run.status() is RunStatus.RUNNING, timeout=20)  # shown once the turn lasts RUNNING_AFTER
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.exit_code() == 0, worker.stderr()  # "go" never comes: the step is still running
     assert "turns still running" in worker.stderr()

@@ -50,7 +50,6 @@ class Summary:
     turn_failures: int = 0
     generation: int = 0
     parent: str = ""  # the run that started this one with child()
-    version: int = -1  # the log's version when a turn last parked the run: a sticky cache's check
 
     def to_bytes(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

@@ -314,7 +314,6 @@ class _Turn:
         self.unsaved: list[bytes] = []  # ingested messages, appended with the turn's first records
         self.unacked: list[str] = []  # their ids, acknowledged once appended
         self.cached = False  # the execution came from the sticky cache: nothing left unposted
-        self.unverified = False  # cached, and no append has shown yet that the log had not moved
 
     def run(self) -> None:
         messages = self.backend.take_inbox(self.run_id)
@@ -339,10 +338,6 @@ class _Turn:
         cached = self.w._cache.take(self.run_id)
         if cached is not None:
             execution, self.version = cached
-            summary = self._read_summary()
-            if summary is not None and summary.version == self.version:
-                self.cached = self.unverified = True  # checked by the first append, or before parking
-                return execution
             newer, _ = self.backend.read_log(self.run_id, after=self.version)
             if not newer:
                 self.cached = True
@@ -422,7 +417,6 @@ class _Turn:
             encoded, self.unsaved = self.unsaved + [ev.encode(r) for r in progress.records], []
             if encoded:
                 self.version = self.backend.append_log(self.run_id, encoded, self.version)
-                self.unverified = False
                 self._acknowledge()
                 self._emit_logs(execution, progress.records)
                 self._start_children(r for r in progress.records if isinstance(r, ev.ChildStarted))
@@ -458,9 +452,6 @@ class _Turn:
         The status comes first: a worker killed after it still leaves the due
         entry, so the next turn parks the run again.
         """
-        if self.unverified and self.backend.read_log(self.run_id, after=self.version)[0]:
-            execution.close()  # a worker died between its append and its summary: replay next turn
-            raise Conflict(f"run {self.run_id!r}: the log moved past the cached execution")
         now = time.time()
         self._set_summary(
             _STATUS[progress.state],
@@ -469,7 +460,6 @@ class _Turn:
             due_at=progress.due_at,
             last_error="",
             turn_failures=0,
-            version=self.version,
         )
         if progress.state == "waiting" and progress.due_at is not None:
             self.backend.schedule(self.queue, self.run_id, progress.due_at)
