@@ -37,6 +37,7 @@ _STATUS = {
 }
 
 
+_LISTEN_JOIN = 5.0  # seconds stop() waits for the wake-up listener
 _PARENT_CANCEL = "cancel-by-parent"  # one id: a parent's repeated cancels are ingested once
 
 
@@ -120,14 +121,19 @@ class Worker:
             threading.Thread(target=self._poll_loop, name="substantial-poller", daemon=True),
             threading.Thread(target=self._renew_loop, name="substantial-leases", daemon=True),
         ]
-        if backend.wakes_across_processes:
-            self._threads.append(threading.Thread(target=self._listen_loop, name="substantial-listen", daemon=True))
+        self._listener = (
+            threading.Thread(target=self._listen_loop, name="substantial-listen", daemon=True)
+            if backend.wakes_across_processes
+            else None
+        )
 
     # -- life cycle -----------------------------------------------------------
 
     def start(self) -> Worker:
         for thread in self._threads:
             thread.start()
+        if self._listener is not None:
+            self._listener.start()
         return self
 
     def wake(self) -> None:
@@ -149,6 +155,10 @@ class Worker:
         self._wake.set()
         for thread in self._threads:
             thread.join()
+        if self._listener is not None:
+            # its wait is bounded by a timeout, but a client library may not honour one on a broken
+            # connection: the thread is a daemon, and closing the backend ends its wait
+            self._listener.join(_LISTEN_JOIN)
         with self._lock:
             futures = list(self._in_flight.values())
         _, not_done = wait(futures, timeout)
