@@ -184,17 +184,18 @@ def test_stop_finishes_turns_in_progress(conductor: Conductor) -> None:
 def test_a_run_abandoned_by_stop_is_resumed_by_another_worker(conductor: Conductor) -> None:
     @workflow()
     def two(c: Context) -> Any:
-        yield c.save(lambda: time.sleep(0.5) or counter.append("first"))
+        yield c.save(lambda: time.sleep(1.5) or counter.append("first"))
         yield c.save(lambda: counter.append("second"))
         return "resumed"
 
     conductor.register(two)
     worker = conductor.run(threads=2, poll_interval=0.05, lease_ttl=1)
     run = conductor.start(two)
-    while run.status() != RunStatus.RUNNING:
+    while run.status() != RunStatus.RUNNING:  # shown once the turn has lasted RUNNING_AFTER (0.25 s)
         time.sleep(0.01)
     assert worker.stop(timeout=0.1) is False
-    time.sleep(0.6)  # the abandoned turn records its step, then stops before the next one
+    while worker._in_flight:  # the abandoned turn records its step, then stops before the next one
+        time.sleep(0.01)
     assert counter == ["first"]
     with conductor.run(threads=2, poll_interval=0.05):
         assert run.result(timeout=10) == "resumed"
