@@ -14,7 +14,8 @@ import pytest
 import redis
 from redis.cluster import key_slot
 
-from servers.redis_server import RedisServer, unavailable
+from servers import unavailable
+from servers.redis_server import RedisServer
 from substantial import Conductor, Context, RunStatus, workflow
 from substantial.backends import Message, RedisBackend
 

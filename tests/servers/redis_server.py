@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers import Factory, Stores
+from servers import Factory, Stores, unavailable
 
 BACKENDS = {"redis": "redis_stores", "redis-cluster": "redis_cluster_stores"}
 
@@ -40,12 +40,6 @@ def free_port(*, also_free: int = 0) -> int:
             except OSError:
                 continue
         return port
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI must exercise every backend)")
-    pytest.skip(reason)
 
 
 def wait_for(predicate: object, timeout: float, what: str) -> None:

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 
-from servers import Factory, Stores
+from servers import Factory, Stores, unavailable
 
 BACKENDS = {"s3-moto": "s3_moto_stores", "s3-seaweedfs": "s3_seaweedfs_stores"}
 if os.environ.get("SUBSTANTIAL_TEST_S3_URL"):
@@ -164,13 +164,6 @@ class ServerProcess:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGKILL)  # the group this fixture made for it
         self.proc.wait(timeout=30)
-
-
-def unavailable(reason: str) -> None:
-    """Skip the tests of a server that cannot be had; under CI they must fail instead."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{reason} (CI=true: S3 tests must run)", pytrace=False)
-    pytest.skip(reason)
 
 
 @contextlib.contextmanager
