@@ -183,10 +183,9 @@ class Compensate(Save):
 
 
 @dataclass(frozen=True)
-class ContinueUsing(Command):
-    """End this history and start a fresh one for ``workflow`` under the same run id."""
+class _WorkflowCall(Command):
+    """A command that names a workflow and the arguments to run it with."""
 
-    kind: ClassVar[str] = "continue_using"
     workflow: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -194,21 +193,25 @@ class ContinueUsing(Command):
     @property
     def fingerprint(self) -> str:
         return self.workflow
+
+    def call(self) -> dict[str, Any]:
+        """The arguments as a run's start records them."""
+        return {"args": list(self.args), "kwargs": self.kwargs}
 
 
 @dataclass(frozen=True)
-class Child(Command):
+class ContinueUsing(_WorkflowCall):
+    """End this history and start a fresh one for ``workflow`` under the same run id."""
+
+    kind: ClassVar[str] = "continue_using"
+
+
+@dataclass(frozen=True)
+class Child(_WorkflowCall):
     """Start the run ``child_id`` of ``workflow`` and wait for its end."""
 
     kind: ClassVar[str] = "child"
-    workflow: str
     queue: str = ""  # empty: the worker looks the workflow's queue up
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.workflow
 
 
 @dataclass(frozen=True)

@@ -742,7 +742,7 @@ class Execution:
         assert isinstance(p.command, ContinueUsing)
         cmd = p.command
         try:
-            args = self._encode({"args": list(cmd.args), "kwargs": cmd.kwargs}, f"continue_using at step {p.step}")
+            args = self._encode(cmd.call(), f"continue_using at step {p.step}")
         except CodecError as e:
             return _Outcome(error=e)
         started = self._log[0]
@@ -775,7 +775,7 @@ class Execution:
             return _Outcome(error=StepFailed(ended.error.type, ended.error.message, ended.error.traceback))
         if p.child_id is None:
             try:
-                args = self._encode({"args": list(cmd.args), "kwargs": cmd.kwargs}, f"child arguments at step {p.step}")
+                args = self._encode(cmd.call(), f"child arguments at step {p.step}")
             except CodecError as e:
                 return _Outcome(error=e)
             self._record(p, ev.ChildStarted, child_id=child_id, workflow=cmd.workflow, queue=cmd.queue, args=args)

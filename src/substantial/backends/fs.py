@@ -39,7 +39,7 @@ import uuid
 import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from substantial.backends.base import Backend, Message, check_run_id
@@ -739,27 +739,24 @@ class FSBackend(Backend):
         return os.open(os.path.join(folder, "lease"), flags, 0o644)
 
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        lock, folder = self._lock(run_id)
-        try:
-            fd = self._lease_file(folder, create=True)
-            try:
-                held = _read_lease(fd)
-                if held is not None and held[0] != owner and held[1] > time.time():
-                    return False
-                _write_lease(fd, f"{owner}\n{time.time() + ttl}".encode())
-                return True
-            finally:
-                os.close(fd)
-        finally:
-            self._unlock(run_id, lock)
+        def free(held: tuple[str, float] | None) -> bool:
+            return held is None or held[0] == owner or held[1] <= time.time()
+
+        return self._swap_lease(run_id, owner, ttl, free)
 
     def renew_lease(self, run_id: str, owner: str, ttl: float) -> bool:
+        def ours(held: tuple[str, float] | None) -> bool:
+            return held is not None and held[0] == owner and held[1] > time.time()
+
+        return self._swap_lease(run_id, owner, ttl, ours)
+
+    def _swap_lease(self, run_id: str, owner: str, ttl: float, may: Callable[[tuple[str, float] | None], bool]) -> bool:
+        """Under the run's lock: give ``owner`` the lease for ``ttl`` if ``may(held lease)``."""
         lock, folder = self._lock(run_id)
         try:
             fd = self._lease_file(folder, create=True)
             try:
-                held = _read_lease(fd)
-                if held is None or held[0] != owner or held[1] <= time.time():
+                if not may(_read_lease(fd)):
                     return False
                 _write_lease(fd, f"{owner}\n{time.time() + ttl}".encode())
                 return True
