@@ -65,6 +65,34 @@ def test_a_post_from_another_process_wakes_an_idle_worker_at_once(url: str) -> N
     worker_side.backend.close()
 
 
+@workflow(queue="other")
+def waits_elsewhere(c: Context) -> Any:
+    return (yield c.receive("go"))
+
+
+def test_two_workers_sharing_a_backend_are_each_woken_on_their_own_queue(url: str) -> None:
+    store = f"{url}{'&' if '?' in url else '?'}prefix=t{uuid.uuid4().hex[:8]}"
+    client, worker_side = Conductor(store), Conductor(store)
+    for conductor in (client, worker_side):
+        conductor.register(waits)
+        conductor.register(waits_elsewhere)
+    first = worker_side.run(threads=2, queues=["default"], poll_interval=30)
+    second = worker_side.run(threads=2, queues=["other"], poll_interval=30)
+    try:
+        time.sleep(0.2)  # both pollers are idle in a 30 s wait; only a wake-up can start the runs
+        runs = [client.start(waits), client.start(waits_elsewhere)]
+        began = time.monotonic()
+        for run in runs:
+            while run.status() != RunStatus.WAITING:
+                assert time.monotonic() - began < 5, f"the start of {run.id} did not wake its worker"
+                time.sleep(0.005)
+    finally:
+        first.stop(timeout=5)
+        second.stop(timeout=5)
+        client.backend.close()
+        worker_side.backend.close()
+
+
 steps_run: Counter[str] = Counter()
 
 

@@ -26,6 +26,7 @@ cluster, one on a node) and ``delete_run`` (two on a node).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -150,7 +151,9 @@ class RedisBackend(Backend):
         #: One node runs a pipeline's commands in the order sent; a cluster splits it between nodes.
         self._one_node = not isinstance(self._r, RedisCluster)
         self._known_queues: set[str] = set()
-        self._pubsub: Any = None
+        #: One pub/sub connection per waiting thread and queue set: a connection is not thread-safe.
+        self._pubsubs: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._pubsubs_lock = threading.Lock()
 
     @staticmethod
     def _connect(url: str, cluster: bool = False) -> Client:
@@ -343,13 +346,23 @@ class RedisBackend(Backend):
     # -- wake-up -------------------------------------------------------------
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> bool:
-        """Block on the queues' channels: a post in any process wakes the worker within milliseconds."""
-        if self._pubsub is None:
-            self._pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
-            self._pubsub.subscribe(*(f"{self.prefix}:wake:{queue}" for queue in queues))
-        return self._pubsub.get_message(timeout=timeout) is not None
+        """Block on the queues' channels: a post in any process wakes the worker within milliseconds.
+
+        Each calling thread waits on a subscription of its own to the queues it
+        names, so two workers sharing this backend each hear their own queues.
+        """
+        key = (threading.get_ident(), tuple(queues))
+        pubsub = self._pubsubs.get(key)
+        if pubsub is None:
+            pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub.subscribe(*(f"{self.prefix}:wake:{queue}" for queue in queues))
+            with self._pubsubs_lock:
+                self._pubsubs[key] = pubsub
+        return pubsub.get_message(timeout=timeout) is not None
 
     def close(self) -> None:
-        if self._pubsub is not None:
-            self._pubsub.close()
+        with self._pubsubs_lock:
+            pubsubs, self._pubsubs = list(self._pubsubs.values()), {}
+        for pubsub in pubsubs:
+            pubsub.close()
         self._r.close()
