@@ -225,7 +225,7 @@ class RunHandle:
         summary = self._conductor.summary(self.id)
         if not summary.status.finished:
             return RunInfo.of(self.id, summary)
-        end = self._end()
+        end = self._end(summary)
         if isinstance(end, ev.RunCompleted):
             return RunInfo.of(self.id, summary, result=self._conductor.codec.decode(end.value))
         if isinstance(end, ev.RunFailed):
@@ -238,9 +238,15 @@ class RunHandle:
         Raises ``RunFailed``, ``RunCancelled`` or ``RunReverted`` if it ended so, and
         ``TimeoutError`` if it has not finished within ``timeout`` seconds.
         """
-        if not self._conductor._wait_until(lambda: self.status().finished, timeout):
+        latest: list[Summary] = []
+
+        def finished() -> bool:
+            latest[:] = [self._conductor.summary(self.id)]
+            return latest[0].status.finished
+
+        if not self._conductor._wait_until(finished, timeout):
             raise TimeoutError(f"run {self.id!r} has not finished within {timeout}s")
-        end = self._end()
+        end = self._end(latest[0])
         if isinstance(end, ev.RunCompleted):
             return self._conductor.codec.decode(end.value)
         if isinstance(end, ev.RunFailed):
@@ -271,11 +277,16 @@ class RunHandle:
             )
         return events
 
-    def _end(self) -> ev.Record:
+    def _end(self, summary: Summary) -> ev.Record:
+        """The finished run's last record: at the version its summary names, else found by the log's version."""
         backend = self._conductor.backend
+        if summary.version:
+            raw, _ = backend.read_log(self.id, after=summary.version - 1)
+            if raw and isinstance(end := ev.decode(raw[0]), ev.TERMINAL):
+                return end
         _, version = backend.read_log(self.id, after=_END)
         raw, _ = backend.read_log(self.id, after=max(version - 1, 0))
-        end = ev.decode(raw[-1])
-        if not isinstance(end, ev.TERMINAL):
+        last = ev.decode(raw[-1]) if raw else None
+        if not isinstance(last, ev.TERMINAL):
             raise RunNotFound(self.id)
-        return end
+        return last

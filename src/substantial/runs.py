@@ -50,6 +50,7 @@ class Summary:
     turn_failures: int = 0
     generation: int = 0
     parent: str = ""  # the run that started this one with child()
+    version: int = 0  # the log's version when this was written: a finished run's last record is its end
 
     def to_bytes(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

@@ -20,15 +20,15 @@ def post_start(backend: Backend, run_id: str, started: ev.RunStarted, *, fresh: 
     it is not looked up.
     """
     raw = None if fresh else backend.read_info(run_id)
-    if raw is not None:
-        summary = Summary.from_bytes(raw)
-        if summary.workflow != started.workflow:
-            return summary
-    else:
+    message = Message(START_ID, ev.encode_message(started))
+    if raw is None:
         now = time.time()
         summary = Summary(started.workflow, started.queue, RunStatus.PENDING, now, now, parent=started.parent)
-        backend.write_info(run_id, summary.to_bytes())
-    backend.post(started.queue, run_id, Message(START_ID, ev.encode_message(started)))
+        backend.start_run(started.queue, run_id, summary.to_bytes(), message)
+        return summary
+    summary = Summary.from_bytes(raw)
+    if summary.workflow == started.workflow:
+        backend.post(started.queue, run_id, message)
     return summary
 
 

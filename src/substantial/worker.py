@@ -10,13 +10,13 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import TracebackType
 
 from substantial import defaults
 from substantial import events as ev
-from substantial.backends.base import Backend, Message
+from substantial.backends.base import Backend, Message, Opened
 from substantial.codec import Codec
 from substantial.errors import Conflict, CorruptRecord
 from substantial.replay import TERMINAL_STATE, Execution, Progress
@@ -206,16 +206,19 @@ class Worker:
             free = self.threads - len(busy)
             if free <= 0:
                 return took
-            # ask past the runs this worker holds and a batch more: the earliest may be leased elsewhere
-            for run_id in self.backend.due(queue, time.time(), defaults.DUE_BATCH + len(busy)):
-                if run_id in busy or free <= 0:
-                    continue
-                if not self.backend.acquire_lease(run_id, self.owner, self.lease_ttl):
-                    continue
+            # look past the runs this worker holds and a batch more: the earliest may be leased elsewhere
+            claimed = self.backend.claim_due(
+                queue,
+                time.time(),
+                self.owner,
+                self.lease_ttl,
+                limit=free,
+                scan=defaults.DUE_BATCH + len(busy),
+                skip=busy,
+            )
+            for run_id in claimed:
                 with self._lock:
                     self._in_flight[run_id] = self._pool.submit(self._turn, queue, run_id)
-                busy.add(run_id)  # a store may list a run twice while its due entry moves
-                free -= 1
                 took = True
         return took
 
@@ -268,7 +271,8 @@ class Worker:
             self._turn_failed(turn, e)
         finally:
             try:
-                self.backend.release_lease(run_id, self.owner)
+                if not turn.released:
+                    self.backend.release_lease(run_id, self.owner)
             except Exception:
                 log.exception("releasing the lease of run %s failed", run_id)
             with self._lock:
@@ -324,10 +328,16 @@ class _Turn:
         self.unsaved: list[bytes] = []  # ingested messages, appended with the turn's first records
         self.unacked: list[str] = []  # their ids, acknowledged once appended
         self.cached = False  # the execution came from the sticky cache: nothing left unposted
+        self.released = False  # close_turn let the lease go
 
     def run(self) -> None:
-        messages = self.backend.take_inbox(self.run_id)
-        execution = self._load()
+        cached = self.w._cache.take(self.run_id)
+        opened = self.backend.open_turn(self.run_id, after=cached[1] if cached else 0)
+        messages = opened.messages
+        with self.summary_lock:
+            self.summary = Summary.from_bytes(opened.info) if opened.info is not None else None
+            self.status_before = self.summary.status if self.summary else None
+        execution = self._load(cached, opened)
         if execution is None:
             execution = self._begin(messages)
             if execution is None:
@@ -343,17 +353,19 @@ class _Turn:
             raise
         self._park(execution, progress)
 
-    def _load(self) -> Execution | None:
-        """The run's execution, from the cache if the log has not moved; None if no log yet."""
-        cached = self.w._cache.take(self.run_id)
+    def _load(self, cached: tuple[Execution, int] | None, opened: Opened) -> Execution | None:
+        """The run's execution, from the cache if the log has not moved; None if no log yet.
+
+        ``opened`` holds the log from the cached version on, or all of it.
+        """
+        raw, self.version = opened.records, opened.version
         if cached is not None:
-            execution, self.version = cached
-            newer, _ = self.backend.read_log(self.run_id, after=self.version)
-            if not newer:
+            execution, version = cached
+            if not raw and self.version == version:
                 self.cached = True
                 return execution
             execution.close()  # another worker wrote: replay from the log
-        raw, self.version = self.backend.read_log(self.run_id)
+            raw, self.version = self.backend.read_log(self.run_id)
         if not raw:
             return None
         records = [ev.decode(r) for r in raw]
@@ -413,10 +425,16 @@ class _Turn:
         execution.close()
         self._set_summary(_STATUS[execution.state], ends_turn=True, waiting_for="", due_at=None)
         self._tell_relatives(execution)
-        self.backend.unschedule(self.queue, self.run_id)
         if messages:
             log.info("run %s has finished: dropping %d message(s) sent to it", self.run_id, len(messages))
-            self.backend.ack(self.run_id, [m.id for m in messages])
+        self._close(info=None, ack=[m.id for m in messages], due_at=None, recheck=False)
+
+    def _close(self, *, info: bytes | None, ack: Sequence[str], due_at: float | None, recheck: bool) -> None:
+        """Write the summary, acknowledge, move the due entry, re-check the inbox and let the lease go."""
+        self.backend.close_turn(
+            self.queue, self.run_id, self.w.owner, info=info, ack=ack, due_at=due_at, recheck=recheck
+        )
+        self.released = True
 
     def _advance(self, execution: Execution) -> tuple[Execution, Progress]:
         """Run the execution until it waits or ends; a continue_using swaps in the next generation."""
@@ -425,9 +443,8 @@ class _Turn:
                 raise _Abandoned
             progress = execution.advance(time.time, self.w._steps)
             encoded, self.unsaved = self.unsaved + [ev.encode(r) for r in progress.records], []
-            if encoded:
+            if encoded:  # the messages ingested go with the first append; the turn's end acknowledges them
                 self.version = self.backend.append_log(self.run_id, encoded, self.version)
-                self._acknowledge()
                 self._emit_logs(execution, progress.records)
                 self._start_children(r for r in progress.records if isinstance(r, ev.ChildStarted))
             if progress.state == "continued":
@@ -436,6 +453,7 @@ class _Turn:
                 return execution, progress
 
     def _next_generation(self, old: Execution, records: list[ev.Record]) -> Execution:
+        self._acknowledge()  # before the log that records them is replaced: or the new one ingests them again
         self.version = self.backend.replace_log(self.run_id, [ev.encode(r) for r in records], self.version)
         self._cancel_children(old.children_dropped())  # a new history waits for none of them
         old.close()
@@ -457,33 +475,37 @@ class _Turn:
                 )
 
     def _park(self, execution: Execution, progress: Progress) -> None:
-        """End the turn: record the status, move the due entry, re-check the inbox.
+        """End the turn: the status, then what relatives must hear, then ``close_turn``.
 
-        The status comes first: a worker killed after it still leaves the due
-        entry, so the next turn parks the run again.
+        The status comes first and the due entry moves last: a worker killed
+        in between leaves the due entry, so the next turn parks the run again
+        and tells its relatives again.
         """
-        now = time.time()
-        self._set_summary(
+        waiting = progress.state == "waiting"
+        info = self._end_summary(
             _STATUS[progress.state],
-            ends_turn=True,
             waiting_for=progress.waiting_for,
             due_at=progress.due_at,
             last_error="",
             turn_failures=0,
         )
-        if progress.state == "waiting" and progress.due_at is not None:
-            self.backend.schedule(self.queue, self.run_id, progress.due_at)
-            self.w.note_due(progress.due_at)
-        else:
-            if progress.state != "running":
+        # a worker may have died between recording a child and starting it: a run not from the cache re-posts
+        starts = [] if self.cached or not waiting else execution.children_waited()
+        dropped = execution.children_dropped()
+        if starts or dropped or (not waiting and execution.started.parent):
+            if info is not None:
+                self.backend.write_info(self.run_id, info)
+                info = None
+            self._start_children(starts)
+            if waiting:
+                self._cancel_children(dropped)
+            else:
                 self._tell_relatives(execution)
-            self.backend.unschedule(self.queue, self.run_id)
-        if progress.state == "waiting":
-            if not self.cached:  # a worker may have died between recording a child and starting it
-                self._start_children(execution.children_waited())
-            self._cancel_children(execution.children_dropped())
-            if self.backend.take_inbox(self.run_id):
-                self.backend.schedule(self.queue, self.run_id, now)
+        self._close(info=info, ack=self.unacked, due_at=progress.due_at if waiting else None, recheck=waiting)
+        self.unacked = []
+        if waiting:
+            if progress.due_at is not None:
+                self.w.note_due(progress.due_at)
             self.w._cache.put(self.run_id, execution, self.version)
         else:
             execution.close()
@@ -527,7 +549,7 @@ class _Turn:
             self._set_summary(RunStatus.RUNNING)
 
     def _read_summary(self) -> Summary | None:
-        """The run's summary, read once per turn: only the lease holder writes it meanwhile."""
+        """The run's summary: read with the turn's opening, or now if it had none; only the lease holder writes it."""
         with self.summary_lock:
             if self.summary is None:
                 raw = self.backend.read_info(self.run_id)
@@ -537,12 +559,23 @@ class _Turn:
                 self.status_before = self.summary.status
             return self.summary
 
-    def _set_summary(self, status: RunStatus, *, ends_turn: bool = False, **changes: object) -> None:
-        """Write the summary; once the turn's last status is written, a late ``running`` is not."""
+    def _next_summary(self, status: RunStatus, ends_turn: bool, changes: dict[str, object]) -> bytes | None:
+        """The summary with these changes, to be written; None if there is none or the turn's last status is out."""
         with self.summary_lock:
             summary = self._read_summary()
             if summary is None or self.ended:
-                return
+                return None
             self.ended = ends_turn
-            self.summary = summary.but(status=status, updated_at=time.time(), **changes)
-            self.backend.write_info(self.run_id, self.summary.to_bytes())
+            self.summary = summary.but(status=status, updated_at=time.time(), version=self.version, **changes)
+            return self.summary.to_bytes()
+
+    def _set_summary(self, status: RunStatus, *, ends_turn: bool = False, **changes: object) -> None:
+        """Write the summary; once the turn's last status is written, a late ``running`` is not."""
+        with self.summary_lock:
+            info = self._next_summary(status, ends_turn, changes)
+            if info is not None:
+                self.backend.write_info(self.run_id, info)
+
+    def _end_summary(self, status: RunStatus, **changes: object) -> bytes | None:
+        """The turn's last summary, for ``close_turn`` to write: a late ``running`` is no longer written."""
+        return self._next_summary(status, True, changes)

@@ -168,3 +168,77 @@ def test_info_list_and_delete(backend: Backend) -> None:
     assert backend.due("q", time.time(), 10) == []
     assert backend.acquire_lease("a", "other", 30)
     assert backend.list_runs() == ["b", "c"]
+
+
+# -- a turn's operations together: what each does, whatever the round trips --
+
+
+def test_start_run_writes_the_summary_and_posts_the_start(backend: Backend) -> None:
+    backend.start_run("q", "r", b"summary", Message("start", b"go"))
+    assert backend.read_info("r") == b"summary"
+    assert backend.list_runs() == ["r"]
+    assert backend.take_inbox("r") == [Message("start", b"go")]
+    assert backend.due("q", time.time() + 1, 10) == ["r"]
+
+
+def test_claim_due_leases_the_earliest_due_runs_it_can(connect: object) -> None:
+    a, b = connect(), connect()  # type: ignore[operator]
+    now = time.time()
+    for i, run_id in enumerate(["r0", "r1", "r2", "r3", "r4"]):
+        a.schedule("q", run_id, now - 10 + i)
+    a.schedule("q", "later", now + 3600)
+    assert b.acquire_lease("r1", "B", 30)  # another owner's
+    claimed = a.claim_due("q", now, "A", 30, limit=2, scan=10, skip={"r0"})
+    assert claimed == ["r2", "r3"]
+    assert not b.acquire_lease("r2", "B", 30) and not b.acquire_lease("r3", "B", 30)
+    assert b.acquire_lease("r4", "B", 30)  # past the limit: left alone
+    assert b.acquire_lease("r0", "B", 30)  # skipped: not leased
+    assert a.claim_due("q", now, "A", 30, limit=5, scan=10) == ["r2", "r3"]  # its own again; the rest held
+    assert a.claim_due("q", now, "A", 30, limit=5, scan=1) == []  # only r0 looked at: B's
+    assert a.due("q", now, 10) == ["r0", "r1", "r2", "r3", "r4"]  # claiming removes no due entry
+
+
+def test_open_turn_reads_inbox_log_from_a_version_and_summary(backend: Backend) -> None:
+    opened = backend.open_turn("r")
+    assert (opened.messages, opened.records, opened.version, opened.info) == ([], [], 0, None)
+    backend.append_log("r", [b"a", b"b", b"c"], 0)
+    backend.post("q", "r", Message("m1", b"one"))
+    backend.write_info("r", b"summary")
+    opened = backend.open_turn("r")
+    assert (opened.messages, opened.records, opened.version, opened.info) == (
+        [Message("m1", b"one")],
+        [b"a", b"b", b"c"],
+        3,
+        b"summary",
+    )
+    assert backend.open_turn("r", after=2).records == [b"c"]
+    assert backend.open_turn("r", after=3).records == []
+    assert backend.open_turn("r", after=3).version == 3
+    assert backend.take_inbox("r") == [Message("m1", b"one")]  # opening removes nothing
+
+
+def test_close_turn_writes_acks_moves_the_due_entry_and_lets_the_lease_go(connect: object) -> None:
+    a, b = connect(), connect()  # type: ignore[operator]
+    now = time.time()
+    a.post("q", "r", Message("m1", b"one"))
+    assert a.acquire_lease("r", "A", 30)
+    a.close_turn("q", "r", "A", info=b"waiting", ack=["m1"], due_at=now + 3600, recheck=True)
+    assert a.read_info("r") == b"waiting"
+    assert a.take_inbox("r") == []
+    assert a.due("q", now + 1, 10) == [] and a.due("q", now + 3601, 10) == ["r"]
+    assert b.acquire_lease("r", "B", 30)  # released
+    b.close_turn("q", "r", "B", info=None, ack=[], due_at=None, recheck=False)
+    assert a.read_info("r") == b"waiting"  # no summary given: the one there stays
+    assert a.due("q", now + 3601, 10) == []
+    assert a.acquire_lease("r", "A", 30)
+
+
+def test_close_turn_that_rechecks_marks_a_run_with_messages_due_now(backend: Backend) -> None:
+    now = time.time()
+    backend.post("q", "r", Message("m1", b"one"))
+    backend.post("q", "r", Message("m2", b"two"))  # came during the turn: not ingested, not acknowledged
+    backend.close_turn("q", "r", "A", info=b"s", ack=["m1"], due_at=None, recheck=True)
+    assert backend.take_inbox("r") == [Message("m2", b"two")]
+    assert backend.due("q", time.time() + 1, 10) == ["r"]
+    backend.close_turn("q", "r", "A", info=b"s", ack=[], due_at=now + 3600, recheck=False)
+    assert backend.due("q", now + 1, 10) == []  # no re-check: the due entry is where it was put

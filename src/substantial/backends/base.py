@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from substantial import defaults
@@ -31,6 +31,16 @@ class Message:
 
     id: str
     body: bytes
+
+
+@dataclass(frozen=True)
+class Opened:
+    """What a turn reads first (``Backend.open_turn``): the inbox, the log from a version on, the summary."""
+
+    messages: list[Message]
+    records: list[bytes]
+    version: int
+    info: bytes | None
 
 
 class Backend(ABC):
@@ -134,6 +144,69 @@ class Backend(ABC):
     @abstractmethod
     def delete_run(self, run_id: str) -> None:
         """Remove everything stored for the run: log, inbox, summary, lease, due entries."""
+
+    # -- a turn's operations together ----------------------------------------
+    # Each is the primitives above in a fixed order; a store that can do them
+    # in fewer round trips (one Lua script, one pipeline, one lock) overrides it.
+
+    def start_run(self, queue: str, run_id: str, info: bytes, message: Message) -> None:
+        """Write a new run's summary, then post its start message: ``write_info``, then ``post``."""
+        self.write_info(run_id, info)
+        self.post(queue, run_id, message)
+
+    def claim_due(
+        self, queue: str, now: float, owner: str, ttl: float, *, limit: int, scan: int, skip: Collection[str] = ()
+    ) -> list[str]:
+        """Lease up to ``limit`` of the first ``scan`` runs due at or before ``now``: ``due``, then ``acquire_lease``.
+
+        Returns the runs leased, earliest first, each once. Runs in ``skip``
+        (those the caller has in hand) and runs another owner holds are passed over.
+        """
+        claimed: list[str] = []
+        for run_id in self.due(queue, now, scan):
+            if len(claimed) >= limit:
+                break
+            if run_id in skip or run_id in claimed:  # a store may list a run twice while its due entry moves
+                continue
+            if self.acquire_lease(run_id, owner, ttl):
+                claimed.append(run_id)
+        return claimed
+
+    def open_turn(self, run_id: str, after: int = 0) -> Opened:
+        """The run's inbox (``take_inbox``), then its log from ``after`` (``read_log``), then its summary."""
+        messages = self.take_inbox(run_id)
+        records, version = self.read_log(run_id, after)
+        return Opened(messages, records, version, self.read_info(run_id))
+
+    def close_turn(
+        self,
+        queue: str,
+        run_id: str,
+        owner: str,
+        *,
+        info: bytes | None,
+        ack: Sequence[str],
+        due_at: float | None,
+        recheck: bool,
+    ) -> None:
+        """End a turn whose records are appended, in this order (the rules above hold in every interleaving).
+
+        Write the summary ``info`` (unless None), acknowledge the messages
+        ``ack``, move the run's due entry to ``due_at`` (None: remove it), and
+        with ``recheck`` mark the run due now if its inbox is not empty; last,
+        release ``owner``'s lease.
+        """
+        if info is not None:
+            self.write_info(run_id, info)
+        if ack:
+            self.ack(run_id, ack)
+        if due_at is None:
+            self.unschedule(queue, run_id)
+        else:
+            self.schedule(queue, run_id, due_at)
+        if recheck and self.take_inbox(run_id):
+            self.schedule(queue, run_id, time.time())
+        self.release_lease(run_id, owner)
 
     # -- wake-up -------------------------------------------------------------
 
