@@ -140,3 +140,14 @@ def test_a_result_reads_the_summary_and_the_one_record_it_points_at() -> None:
         backend.calls.clear()
         assert run.result(timeout=10) == 3
     assert backend.calls == {"read_info": 1, "read_log": 1}
+
+
+def test_a_thread_goes_on_with_the_run_its_turns_close_claimed_without_the_poller() -> None:
+    backend = CountingBackend(threads="substantial-poller")
+    conductor = conductor_on(backend)
+    runs = [conductor.start(steps, 1) for _ in range(20)]  # all due before the worker starts
+    with conductor.run(1, poll_interval=30):  # the poller polls when woken: at start, when a thread is free
+        assert [run.result(timeout=10) for run in runs] == [1] * 20
+    # the poller's first claim takes one run (one thread); each turn's close claims the next; the last
+    # turn's claims nothing and wakes the poller, which finds nothing either
+    assert backend.calls["claim_due"] <= 3

@@ -16,7 +16,7 @@ from types import TracebackType
 
 from substantial import defaults
 from substantial import events as ev
-from substantial.backends.base import Backend, Message, Opened
+from substantial.backends.base import Backend, Claim, Message, Opened
 from substantial.codec import Codec
 from substantial.errors import Conflict, CorruptRecord
 from substantial.replay import TERMINAL_STATE, Execution, Progress
@@ -113,6 +113,7 @@ class Worker:
         self._in_flight: dict[str, Future[None]] = {}
         self._turns: dict[str, _Turn] = {}  # turns running now (a run in flight may still be queued)
         self._lock = threading.Lock()
+        self._claiming = threading.Lock()  # one claim of due runs at a time
         self._timers: list[float] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -201,26 +202,32 @@ class Worker:
     def _take_due(self) -> bool:
         took = False
         for queue in self.queues:
-            with self._lock:
-                busy = set(self._in_flight)
-            free = self.threads - len(busy)
-            if free <= 0:
-                return took
-            # look past the runs this worker holds and a batch more: the earliest may be leased elsewhere
-            claimed = self.backend.claim_due(
-                queue,
-                time.time(),
-                self.owner,
-                self.lease_ttl,
-                limit=free,
-                scan=defaults.DUE_BATCH + len(busy),
-                skip=busy,
-            )
-            for run_id in claimed:
-                with self._lock:
-                    self._in_flight[run_id] = self._pool.submit(self._turn, queue, run_id)
-                took = True
+            with self._claiming:
+                claim = self._claim(self.threads)
+                if claim is None:
+                    return took
+                claimed = self.backend.claim_due(
+                    queue, time.time(), self.owner, claim.ttl, limit=claim.limit, scan=claim.scan, skip=claim.skip
+                )
+                for run_id in claimed:
+                    with self._lock:
+                        self._in_flight[run_id] = self._pool.submit(self._turn, queue, run_id)
+                    took = True
         return took
+
+    def _claim(self, limit: int, finishing: str | None = None) -> Claim | None:
+        """Up to ``limit`` due runs, as free threads allow (counting ``finishing``'s as free); None if none is.
+
+        Called under ``_claiming``: this worker's own leases are re-entrant, so
+        two claims at once could each take a run the other is taking.
+        """
+        with self._lock:
+            busy = set(self._in_flight) - {finishing}
+        limit = min(limit, self.threads - len(busy))
+        if limit <= 0 or self._stopping.is_set():
+            return None
+        # look past the runs this worker holds and a batch more: the earliest may be leased elsewhere
+        return Claim(self.lease_ttl, limit, defaults.DUE_BATCH + len(busy), busy)
 
     def _listen_loop(self) -> None:
         while not self._stopping.is_set():
@@ -260,6 +267,12 @@ class Worker:
     # -- one turn ------------------------------------------------------------
 
     def _turn(self, queue: str, run_id: str) -> None:
+        """Turns on this pool thread: this run's, then those of the runs each turn's close claimed."""
+        next_run: str | None = run_id
+        while next_run is not None:
+            next_run = self._one_turn(queue, next_run)
+
+    def _one_turn(self, queue: str, run_id: str) -> str | None:
         turn = _Turn(self, queue, run_id)
         with self._lock:
             self._turns[run_id] = turn
@@ -276,10 +289,13 @@ class Worker:
             except Exception:
                 log.exception("releasing the lease of run %s failed", run_id)
             with self._lock:
-                self._in_flight.pop(run_id, None)
+                if turn.next_run != run_id:
+                    self._in_flight.pop(run_id, None)
                 self._turns.pop(run_id, None)
-            self._wake.set()
+            if turn.next_run is None:
+                self._wake.set()  # a thread is free
             self._on_turn()
+        return turn.next_run
 
     def _turn_failed(self, turn: _Turn, error: BaseException) -> None:
         """A turn that cannot run (non-determinism, unknown workflow, bad record): back off.
@@ -329,6 +345,7 @@ class _Turn:
         self.unacked: list[str] = []  # their ids, acknowledged once appended
         self.cached = False  # the execution came from the sticky cache: nothing left unposted
         self.released = False  # close_turn let the lease go
+        self.next_run: str | None = None  # what close_turn claimed for this thread to run next
 
     def run(self) -> None:
         cached = self.w._cache.take(self.run_id)
@@ -430,11 +447,21 @@ class _Turn:
         self._close(info=None, ack=[m.id for m in messages], due_at=None, recheck=False)
 
     def _close(self, *, info: bytes | None, ack: Sequence[str], due_at: float | None, recheck: bool) -> None:
-        """Write the summary, acknowledge, move the due entry, re-check the inbox and let the lease go."""
-        self.backend.close_turn(
-            self.queue, self.run_id, self.w.owner, info=info, ack=ack, due_at=due_at, recheck=recheck
-        )
-        self.released = True
+        """Write the summary, acknowledge, move the due entry, re-check the inbox, let the lease go.
+
+        The close also claims the queue's next due run, if any, for this thread to go on with.
+        """
+        w = self.w
+        with w._claiming:
+            claim = w._claim(1, finishing=self.run_id)
+            claimed = self.backend.close_turn(
+                self.queue, self.run_id, w.owner, info=info, ack=ack, due_at=due_at, recheck=recheck, then_claim=claim
+            )
+            self.released = True
+            if claimed:
+                self.next_run = claimed[0]
+                with w._lock:
+                    w._in_flight[self.next_run] = w._in_flight[self.run_id]
 
     def _advance(self, execution: Execution) -> tuple[Execution, Progress]:
         """Run the execution until it waits or ends; a continue_using swaps in the next generation."""

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from substantial.backends import Backend, Message
+from substantial.backends import Backend, Claim, Message
 from substantial.errors import Conflict
 
 
@@ -242,3 +242,22 @@ def test_close_turn_that_rechecks_marks_a_run_with_messages_due_now(backend: Bac
     assert backend.due("q", time.time() + 1, 10) == ["r"]
     backend.close_turn("q", "r", "A", info=b"s", ack=[], due_at=now + 3600, recheck=False)
     assert backend.due("q", now + 1, 10) == []  # no re-check: the due entry is where it was put
+
+
+def test_close_turn_then_claims_the_next_due_runs(connect: object) -> None:
+    a, b = connect(), connect()  # type: ignore[operator]
+    now = time.time()
+    a.schedule("q", "next", now - 2)
+    a.schedule("q", "held", now - 3)
+    a.schedule("q", "mine", now - 4)
+    assert b.acquire_lease("held", "B", 30)
+    assert a.acquire_lease("r", "A", 30)
+    claim = Claim(ttl=30, limit=1, scan=10, skip={"mine"})
+    assert a.close_turn("q", "r", "A", info=b"s", ack=[], due_at=None, recheck=False, then_claim=claim) == ["next"]
+    assert not b.acquire_lease("next", "B", 30)
+    # a close whose re-check finds a message marks its run due now, and may claim it again
+    a.post("q", "r", Message("m", b"late"))
+    assert a.acquire_lease("r", "A", 30)
+    claim = Claim(ttl=30, limit=5, scan=10, skip={"mine", "next"})
+    assert a.close_turn("q", "r", "A", info=b"s", ack=[], due_at=now + 60, recheck=True, then_claim=claim) == ["r"]
+    assert not b.acquire_lease("r", "B", 30)

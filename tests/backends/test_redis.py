@@ -177,6 +177,10 @@ def test_round_trips_per_operation_on_one_node(redis_url: str, monkeypatch: pyte
         "read_info": (lambda: backend.read_info("r"), 1),
         "list_runs": (backend.list_runs, 1),
         "delete_run": (lambda: backend.delete_run("other"), 2),
+        "start_run": (lambda: backend.start_run("q", "r", b"{}", Message(uuid.uuid4().hex, b"hi")), 1),
+        "claim_due": (lambda: backend.claim_due("q", time.time() + 2, "me", 30, limit=4, scan=8, skip={"s"}), 1),
+        "open_turn": (lambda: backend.open_turn("r", after=1), 1),
+        "close_turn": (lambda: backend.close_turn("q", "t", "me", info=b"{}", ack=["m"], due_at=None, recheck=True), 1),
     }
     trips = RoundTrips(monkeypatch)
     for call, _ in operations.values():

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlparse
 
-from substantial.backends.base import Backend, Message
+from substantial.backends.base import Backend, Claim, Message, Opened
 from substantial.backends.fs import FSBackend
 from substantial.backends.memory import MemoryBackend
 
@@ -17,7 +17,17 @@ if TYPE_CHECKING:
     from substantial.backends.redis import RedisBackend
     from substantial.backends.s3 import S3Backend
 
-__all__ = ["Backend", "FSBackend", "MemoryBackend", "Message", "RedisBackend", "S3Backend", "from_url"]
+__all__ = [
+    "Backend",
+    "Claim",
+    "FSBackend",
+    "MemoryBackend",
+    "Message",
+    "Opened",
+    "RedisBackend",
+    "S3Backend",
+    "from_url",
+]
 
 
 def __getattr__(name: str) -> Any:

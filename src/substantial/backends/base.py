@@ -43,6 +43,16 @@ class Opened:
     info: bytes | None
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What ``close_turn`` leases once the turn is closed: as ``claim_due`` does, on the turn's queue."""
+
+    ttl: float
+    limit: int
+    scan: int
+    skip: Collection[str] = ()
+
+
 class Backend(ABC):
     """Storage for run logs, inboxes, the due index, leases and run info.
 
@@ -188,13 +198,16 @@ class Backend(ABC):
         ack: Sequence[str],
         due_at: float | None,
         recheck: bool,
-    ) -> None:
+        then_claim: Claim | None = None,
+    ) -> list[str]:
         """End a turn whose records are appended, in this order (the rules above hold in every interleaving).
 
         Write the summary ``info`` (unless None), acknowledge the messages
         ``ack``, move the run's due entry to ``due_at`` (None: remove it), and
-        with ``recheck`` mark the run due now if its inbox is not empty; last,
-        release ``owner``'s lease.
+        with ``recheck`` mark the run due now if its inbox is not empty; then
+        release ``owner``'s lease. Last, with ``then_claim``, lease the next
+        due runs of ``queue`` (``claim_due``) and return them: the thread that
+        ran this turn goes on with the next without a poll.
         """
         if info is not None:
             self.write_info(run_id, info)
@@ -207,6 +220,10 @@ class Backend(ABC):
         if recheck and self.take_inbox(run_id):
             self.schedule(queue, run_id, time.time())
         self.release_lease(run_id, owner)
+        if then_claim is None:
+            return []
+        claim = then_claim
+        return self.claim_due(queue, time.time(), owner, claim.ttl, limit=claim.limit, scan=claim.scan, skip=claim.skip)
 
     # -- wake-up -------------------------------------------------------------
 

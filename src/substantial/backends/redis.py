@@ -21,14 +21,17 @@ that no crash between them loses a message or a turn; see docs/backends.md.
 Round trips: every operation is one, except ``post`` (four on a cluster,
 where its steps go to different nodes in turn; one pipeline on a single
 node, which runs a connection's commands in order), ``write_info`` (two on a
-cluster, one on a node) and ``delete_run`` (two on a node).
+cluster, one on a node) and ``delete_run`` (two on a node). Of a turn's
+operations together, ``open_turn`` is one script everywhere; ``start_run``,
+``claim_due`` and ``close_turn`` (with its claim of the next runs) are one
+round trip on a single node and the sum of their parts on a cluster.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
@@ -40,7 +43,7 @@ from redis.exceptions import NoScriptError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from substantial.backends.base import Backend, Message, check_run_id
+from substantial.backends.base import Backend, Claim, Message, Opened, check_run_id
 from substantial.errors import Conflict
 
 #: A posting marker older than this is taken for the trace of a poster that died.
@@ -81,22 +84,56 @@ _MARK_DUE = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[3])
 """
-_DUE = """
+# KEYS[1] the due set, KEYS[2] the posting markers; ARGV[1] now, ARGV[2] markers older than this are stale
+_DUE_NOW = """
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
 for _, marker in ipairs(stale) do
   local run = string.match(marker, '^(.-)\\n')
   redis.call('ZADD', KEYS[1], ARGV[1], run)
   redis.call('ZREM', KEYS[2], marker)
 end
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 """
-_ACQUIRE = """
-local owner = redis.call('GET', KEYS[1])
-if owner == false or owner == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
+_DUE = _DUE_NOW + "return due"
+_TAKE_LEASE = """
+local function take_lease(key, owner, ms)
+  local holder = redis.call('GET', key)
+  if holder == false or holder == owner then
+    redis.call('SET', key, owner, 'PX', ms)
+    return true
+  end
+  return false
 end
-return 0
+"""
+_ACQUIRE = _TAKE_LEASE + "if take_lease(KEYS[1], ARGV[1], ARGV[2]) then return 1 end return 0"
+# a single node only: the lease keys ("<ARGV[6]><run>}:lease") and the inbox ARGV[9] are not declared.
+# With a run ARGV[8] (a turn's close), first mark it due now if its inbox ARGV[9] has messages.
+_CLAIM = (
+    """
+if ARGV[8] ~= '' and redis.call('LLEN', ARGV[9]) > 0 then redis.call('ZADD', KEYS[1], ARGV[1], ARGV[8]) end
+"""
+    + _DUE_NOW
+    + _TAKE_LEASE
+    + """
+local skip, claimed, limit = {}, {}, tonumber(ARGV[4])
+for i = 10, #ARGV do skip[ARGV[i]] = true end
+for _, run in ipairs(due) do
+  if #claimed >= limit then break end
+  if not skip[run] then
+    skip[run] = true
+    if take_lease(ARGV[6] .. run .. '}:lease', ARGV[5], ARGV[7]) then claimed[#claimed + 1] = run end
+  end
+end
+return claimed
+"""
+)
+# KEYS: inbox, msgs, log, info; ARGV[1]: read the log from there
+_OPEN = """
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+local bodies = {}
+if #ids > 0 then bodies = redis.call('HMGET', KEYS[2], unpack(ids)) end
+local n = redis.call('LLEN', KEYS[3])
+return {ids, bodies, n, redis.call('LRANGE', KEYS[3], ARGV[1], -1), redis.call('GET', KEYS[4])}
 """
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -115,6 +152,11 @@ def _bytes(value: bytes | str) -> bytes:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _messages(ids: list[bytes], bodies: list[bytes | None]) -> list[Message]:
+    """An inbox's messages from its ids and their bodies (a body acknowledged meanwhile is gone)."""
+    return [Message(_text(i), body) for i, body in zip(ids, bodies, strict=True) if body is not None]
 
 
 def _retry() -> Retry:
@@ -143,6 +185,8 @@ class RedisBackend(Backend):
                 "ack": _ACK,
                 "mark_due": _MARK_DUE,
                 "due": _DUE,
+                "claim": _CLAIM,
+                "open": _OPEN,
                 "acquire": _ACQUIRE,
                 "renew": _RENEW,
                 "release": _RELEASE,
@@ -245,34 +289,33 @@ class RedisBackend(Backend):
         the run's: a poster that dies after the marker leaves it, and a poll
         that finds an old marker marks its run due.
         """
-        check_run_id(message.id)
-        marker = f"{check_run_id(run_id)}\n{message.id}"
+        if self._one_node:
+            self._pipelined(lambda pipe: self._post_commands(pipe, queue, run_id, message))
+            return
+        marker = f"{check_run_id(run_id)}\n{check_run_id(message.id)}"
         posting, due = self._queue_key(queue, "posting"), self._queue_key(queue, "due")
         inbox, msgs = self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")
         channel = f"{self.prefix}:wake:{queue}"
-        if self._one_node:
-
-            def commands(pipe: Any) -> None:
-                pipe.sadd(f"{self.prefix}:queues", queue)
-                pipe.zadd(posting, {marker: time.time()})
-                self._evalsha(pipe, "post", [inbox, msgs], [message.id, message.body])
-                self._evalsha(pipe, "mark_due", [due, posting], [time.time(), run_id, marker])
-                pipe.publish(channel, run_id)
-
-            self._pipelined(commands)
-            return
         self._note_queue(queue)
         self._r.zadd(posting, {marker: time.time()})
         self._scripts["post"](keys=[inbox, msgs], args=[message.id, message.body])
         self._scripts["mark_due"](keys=[due, posting], args=[time.time(), run_id, marker])
         self._r.publish(channel, run_id)
 
+    def _post_commands(self, pipe: Any, queue: str, run_id: str, message: Message) -> None:
+        """``post`` on a single node's pipeline, in the order of the cluster's round trips."""
+        marker = f"{check_run_id(run_id)}\n{check_run_id(message.id)}"
+        posting, due = self._queue_key(queue, "posting"), self._queue_key(queue, "due")
+        pipe.sadd(f"{self.prefix}:queues", queue)
+        pipe.zadd(posting, {marker: time.time()})
+        inbox, msgs = self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")
+        self._evalsha(pipe, "post", [inbox, msgs], [message.id, message.body])
+        self._evalsha(pipe, "mark_due", [due, posting], [time.time(), run_id, marker])
+        pipe.publish(f"{self.prefix}:wake:{queue}", run_id)
+
     def take_inbox(self, run_id: str) -> list[Message]:
         found = self._scripts["take"](keys=[self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")])
-        if not found:
-            return []
-        ids, bodies = found
-        return [Message(i.decode(), body) for i, body in zip(ids, bodies, strict=True) if body is not None]
+        return _messages(*found) if found else []
 
     def ack(self, run_id: str, ids: Iterable[str]) -> None:
         ids = [check_run_id(i) for i in ids]
@@ -307,15 +350,16 @@ class RedisBackend(Backend):
     # -- visibility and retention ------------------------------------------
 
     def write_info(self, run_id: str, info: bytes) -> None:
-        key, runs = self._run_key(run_id, "info"), f"{self.prefix}:runs"
-        if self._one_node:  # in this order, as on a cluster: a listed run has its summary
-            pipe = self._r.pipeline(transaction=False)
-            pipe.set(key, info)
-            pipe.zadd(runs, {run_id: 0})
-            pipe.execute()
+        if self._one_node:
+            self._pipelined(lambda pipe: self._info_commands(pipe, run_id, info))
             return
-        self._r.set(key, info)
-        self._r.zadd(runs, {run_id: 0})
+        self._r.set(self._run_key(run_id, "info"), info)
+        self._r.zadd(f"{self.prefix}:runs", {run_id: 0})
+
+    def _info_commands(self, pipe: Any, run_id: str, info: bytes) -> None:
+        """``write_info`` on a single node's pipeline: in this order, as on a cluster, a listed run has its summary."""
+        pipe.set(self._run_key(run_id, "info"), info)
+        pipe.zadd(f"{self.prefix}:runs", {run_id: 0})
 
     def read_info(self, run_id: str) -> bytes | None:
         value = self._r.get(self._run_key(run_id, "info"))
@@ -342,6 +386,83 @@ class RedisBackend(Backend):
         for queue in self._r.smembers(f"{self.prefix}:queues"):
             self._r.zrem(self._queue_key(_text(queue), "due"), run_id)
         self._r.zrem(f"{self.prefix}:runs", run_id)
+
+    # -- a turn's operations together ----------------------------------------
+
+    def start_run(self, queue: str, run_id: str, info: bytes, message: Message) -> None:
+        """One round trip on a single node (the summary's commands, then the post's)."""
+        if not self._one_node:
+            super().start_run(queue, run_id, info, message)
+            return
+
+        def commands(pipe: Any) -> None:
+            self._info_commands(pipe, run_id, info)
+            self._post_commands(pipe, queue, run_id, message)
+
+        self._pipelined(commands)
+
+    def claim_due(
+        self, queue: str, now: float, owner: str, ttl: float, *, limit: int, scan: int, skip: Collection[str] = ()
+    ) -> list[str]:
+        """One script on a single node; on a cluster the leases are in other slots than the due set."""
+        if not self._one_node:
+            return super().claim_due(queue, now, owner, ttl, limit=limit, scan=scan, skip=skip)
+        keys, args = self._claim_call(queue, now, owner, Claim(ttl, limit, scan, skip))
+        return [_text(run) for run in self._scripts["claim"](keys=keys, args=args)]
+
+    def _claim_call(
+        self, queue: str, now: float, owner: str, claim: Claim, recheck: str = ""
+    ) -> tuple[list[str], list[str | float]]:
+        """The claim script's keys and arguments; with a run ``recheck``, it first re-checks that run's inbox."""
+        keys = [self._queue_key(queue, "due"), self._queue_key(queue, "posting")]
+        inbox = self._run_key(recheck, "inbox") if recheck else ""
+        lease_prefix = f"{self.prefix}:{{"
+        args: list[str | float] = [now, now - POSTING_GRACE, claim.scan, claim.limit, owner, lease_prefix]
+        return keys, [*args, int(claim.ttl * 1000), recheck, inbox, *claim.skip]
+
+    def open_turn(self, run_id: str, after: int = 0) -> Opened:
+        """One script: every key it reads is in the run's slot, on a cluster too."""
+        keys = [self._run_key(run_id, part) for part in ("inbox", "msgs", "log", "info")]
+        ids, bodies, version, records, info = self._scripts["open"](keys=keys, args=[after])
+        return Opened(_messages(ids, bodies), list(records), int(version), None if info is None else _bytes(info))
+
+    def close_turn(
+        self,
+        queue: str,
+        run_id: str,
+        owner: str,
+        *,
+        info: bytes | None,
+        ack: Sequence[str],
+        due_at: float | None,
+        recheck: bool,
+        then_claim: Claim | None = None,
+    ) -> list[str]:
+        """One pipeline on a single node, which runs its commands in order; the claim script re-checks the inbox."""
+        if not self._one_node:
+            return super().close_turn(
+                queue, run_id, owner, info=info, ack=ack, due_at=due_at, recheck=recheck, then_claim=then_claim
+            )
+        ack = [check_run_id(i) for i in ack]
+        due, inbox = self._queue_key(queue, "due"), self._run_key(run_id, "inbox")
+        if due_at is not None:
+            self._note_queue(queue)
+        claim = then_claim or Claim(0.0, 0, 0)
+
+        def commands(pipe: Any) -> None:
+            if info is not None:
+                self._info_commands(pipe, run_id, info)
+            if ack:
+                self._evalsha(pipe, "ack", [inbox, self._run_key(run_id, "msgs")], ack)
+            if due_at is None:
+                pipe.zrem(due, run_id)
+            else:
+                pipe.zadd(due, {run_id: due_at})
+            self._evalsha(pipe, "release", [self._run_key(run_id, "lease")], [owner])
+            keys, args = self._claim_call(queue, time.time(), owner, claim, recheck=run_id if recheck else "")
+            self._evalsha(pipe, "claim", keys, args)
+
+        return [_text(run) for run in self._pipelined(commands)[-1]]
 
     # -- wake-up -------------------------------------------------------------
 
