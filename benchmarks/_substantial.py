@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import statistics
 import tempfile
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -44,34 +42,9 @@ def conductor_on(backend: Backend | str) -> Conductor:
     return conductor
 
 
-class _Retries:
-    """How many starts ``start`` redid."""
-
-    count = 0
-    lock = threading.Lock()
-
-
 def start(conductor: Conductor, wf: Workflow, *args: object) -> RunHandle:
-    """``conductor.start`` with a run id of ours, redone (idempotent) if the files backend raced.
-
-    FSBackend's post can raise FileExistsError when a poll removes an empty
-    due bucket between its ``mkdir`` and ``mkdir``'s own check; the retries
-    are counted and shown under the table.
-    """
-    run_id = uuid.uuid4().hex
-    for attempt in range(5):
-        try:
-            return conductor.start(wf, *args, run_id=run_id)
-        except FileExistsError:
-            if attempt == 4:
-                raise
-            with _Retries.lock:
-                _Retries.count += 1
-    raise AssertionError("unreachable")
-
-
-def start_retries() -> int:
-    return _Retries.count
+    """``conductor.start`` with an id it makes up, as a user starts runs."""
+    return conductor.start(wf, *args)
 
 
 def await_all(runs: Sequence[RunHandle], timeout: float = 600) -> list[object]:

@@ -37,7 +37,6 @@ import _scale
 from _substantial import (
     Store,
     conductor_on,
-    start_retries,
     stores,
     w1_us_per_step,
     w2_per_second,
@@ -235,10 +234,6 @@ def main() -> None:
     with stores() as subjects:
         timed("W1-W3", lambda: peers(args, table, subjects))
         timed("scaling", lambda: scaling(args, table, subjects))
-    if start_retries():
-        table.notes.append(
-            f"{start_retries()} start(s) retried after the files backend's due-bucket race (FileExistsError)"
-        )
     print()
     table.print()
     if "counts" in args.only:
