@@ -440,3 +440,54 @@ def test_a_schedule_makes_its_buckets_again_when_another_move_removes_one(
     monkeypatch.undo()
     assert raced
     assert fs.due("q", now, 10) == ["r"]
+
+
+@pytest.mark.parametrize("run_id", ["r", "Mixed-Case"], ids=["plain-name", "hashed-name"])
+def test_a_start_whose_process_dies_before_its_rename_leaves_an_entry_a_poll_removes_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, run_id: str
+) -> None:
+    root = tmp_path / "store"
+    fs = FSBackend(root)
+    monkeypatch.setattr(os, "rename", _die)
+    with pytest.raises(SystemExit):
+        fs.start_run("q", run_id, b"summary", Message("start", b"go"))
+    monkeypatch.undo()
+
+    restarted = FSBackend(root)
+    entries = lambda: [p for p in (root / "queues").rglob("*") if p.is_file()]  # noqa: E731
+    assert len(entries()) == 1
+    assert restarted.due("q", time.time() + 1, 10) == []  # no folder yet: passed over, left for the rename
+    assert len(entries()) == 1
+    assert restarted.due("q", time.time() + POSTING_GRACE + 1, 10) == []  # too old for a rename to come: removed
+    assert entries() == []
+    assert restarted.read_info(run_id) is None and restarted.list_runs() == []
+    restarted.start_run("q", run_id, b"summary", Message("start", b"go"))  # the caller's retry
+    assert restarted.due("q", time.time() + 1, 10) == [run_id]
+    assert restarted.take_inbox(run_id) == [Message("start", b"go")]
+
+
+def test_a_start_after_a_send_to_the_same_run_keeps_both(fs: FSBackend) -> None:
+    fs.post("q", "r", Message("early", b"sent first"))
+    fs.start_run("q", "r", b"summary", Message("start", b"go"))  # the folder exists: the ordinary way
+    assert fs.read_info("r") == b"summary"
+    assert fs.take_inbox("r") == [Message("early", b"sent first"), Message("start", b"go")]
+    assert fs.due("q", time.time() + 1, 10) == ["r"]
+    assert list((fs.root / "tmp").iterdir()) == []
+
+
+def test_a_start_replaces_the_empty_folder_a_dead_poster_left(fs: FSBackend) -> None:
+    (fs.root / "runs" / run_dir_name("r")).mkdir()  # made by a poster that died before its inbox
+    fs.start_run("q", "r", b"summary", Message("start", b"go"))
+    assert fs.read_info("r") == b"summary"
+    assert fs.take_inbox("r") == [Message("start", b"go")]
+    assert fs.due("q", time.time() + 1, 10) == ["r"]
+    assert fs.list_runs() == ["r"]
+
+
+def test_a_start_makes_five_fsyncs(fs: FSBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs.schedule("q", "warm", time.time())  # the due index's buckets of this minute exist
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: calls.append(fd) or real(fd))
+    fs.start_run("q", "r", b"summary", Message("start", b"go"))
+    assert len(calls) == 5  # message, inbox folder, run folder, due entry's bucket, runs folder
