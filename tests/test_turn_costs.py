@@ -131,15 +131,30 @@ def test_a_start_writes_the_summary_and_posts_and_looks_up_only_an_id_it_was_giv
     assert backend.calls == {"read_info": 2, "start_run": 1, "post": 1}
 
 
-def test_a_result_reads_the_summary_and_the_one_record_it_points_at() -> None:
+def test_a_result_reads_the_summary_and_the_end_its_worker_kept_or_the_one_record_it_points_at() -> None:
     backend = CountingBackend(threads="MainThread")
-    conductor = conductor_on(backend)
+    conductor, elsewhere = conductor_on(backend), conductor_on(backend)  # elsewhere: as another process
     with conductor.run(1, poll_interval=0.01):
         run = conductor.start(steps, 3)
         assert conductor._wait_until(lambda: run.status().finished, 10)
         backend.calls.clear()
         assert run.result(timeout=10) == 3
-    assert backend.calls == {"read_info": 1, "read_log": 1}
+        assert backend.calls == {"read_info": 1}  # the end, as this conductor's worker recorded it
+        backend.calls.clear()
+        assert elsewhere.get(run.id).result(timeout=10) == 3
+        assert backend.calls == {"read_info": 2, "read_log": 1}  # get, result; the record at the summary's version
+
+
+def test_a_kept_end_is_not_taken_for_that_of_a_later_run_under_the_same_id() -> None:
+    backend = CountingBackend()
+    conductor = conductor_on(backend)
+    with conductor.run(1, poll_interval=0.01):
+        assert conductor.start(steps, 1, run_id="again").result(timeout=10) == 1
+    backend.delete_run("again")
+    elsewhere = conductor_on(backend)  # as another process: this conductor's workers keep no end of its runs
+    with elsewhere.run(1, poll_interval=0.01):
+        assert elsewhere.start(steps, 2, run_id="again").result(timeout=10) == 2
+    assert conductor.get("again").result(timeout=10) == 2
 
 
 def test_a_thread_goes_on_with_the_run_its_turns_close_claimed_without_the_poller() -> None:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import datetime, timezone
 from typing import Any
@@ -19,7 +20,7 @@ from substantial.codec import Codec, JSONCodec, encode_at
 from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.runs import HistoryEvent, RunInfo, RunStatus, Summary
 from substantial.starts import START_ID, post_start
-from substantial.worker import Worker
+from substantial.worker import Ended, Worker
 from substantial.workflow import Registry, Workflow
 
 _END = 2**62  # a read position past any log: reads only its version
@@ -43,6 +44,7 @@ class Conductor:
         self._workers: list[Worker] = []
         self._changed = threading.Condition()
         self._generation = 0
+        self._ends: OrderedDict[str, Ended] = OrderedDict()  # see _notify
 
     def register(self, *workflows: Workflow) -> None:
         """Make workflows known to this conductor and its workers."""
@@ -146,10 +148,22 @@ class Conductor:
         for worker in self._workers:
             worker.wake()
 
-    def _notify(self) -> None:
+    def _notify(self, run_id: str, ended: Ended | None) -> None:
+        """A turn of one of this conductor's workers is over: wake the waiting handles, keep the run's end."""
         with self._changed:
+            if ended is not None and len(getattr(ended.record, "value", b"")) <= defaults.ENDS_KEPT_BYTES:
+                self._ends[run_id] = ended
+                self._ends.move_to_end(run_id)
+                if len(self._ends) > defaults.ENDS_KEPT:
+                    self._ends.popitem(last=False)
             self._generation += 1
             self._changed.notify_all()
+
+    def _kept_end(self, run_id: str, summary: Summary) -> ev.Record | None:
+        """The end a worker of this conductor recorded for this run (the same start time), if kept."""
+        with self._changed:
+            ended = self._ends.get(run_id)
+        return ended.record if ended is not None and ended.created_at == summary.created_at else None
 
     def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until ``done()``, woken by local turns and polling for remote ones."""
@@ -278,7 +292,13 @@ class RunHandle:
         return events
 
     def _end(self, summary: Summary) -> ev.Record:
-        """The finished run's last record: at the version its summary names, else found by the log's version."""
+        """The finished run's last record: as this process's worker recorded it, else read from the log.
+
+        In the log, it is at the version the summary names, else found by the log's version.
+        """
+        kept = self._conductor._kept_end(self.id, summary)
+        if kept is not None:
+            return kept
         backend = self._conductor.backend
         if summary.version:
             raw, _ = backend.read_log(self.id, after=summary.version - 1)

@@ -14,6 +14,10 @@ CACHE_SIZE = 1024
 POLL_INTERVAL = 0.5
 #: Due runs the poller asks for at most in one call.
 DUE_BATCH = 64
+#: Ends of runs a Conductor's own workers finished that it keeps (LRU), so that ``result()`` reads no log,
+#: and the largest kept (its result's encoded bytes).
+ENDS_KEPT = 4096
+ENDS_KEPT_BYTES = 64 * 1024
 #: Backoff of a turn that could not run (non-determinism, unknown workflow).
 TURN_RETRY_INITIAL = 1.0
 TURN_RETRY_MAX = 60.0

@@ -288,10 +288,18 @@ class Execution:
         children = zip(p.group.children, p.group.outcomes, strict=True)
         return {c.child_id for c, done in children if c.child_id and done is None}
 
+    @property
+    def end(self) -> ev.RunCompleted | ev.RunFailed | ev.RunCancelled | ev.RunReverted | None:
+        """The log's last record once the run has ended (completed, failed, cancelled, reverted), else None."""
+        record = self._log[-1] if self._log else None
+        if isinstance(record, (ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunReverted)):
+            return record
+        return None
+
     def ended_message(self) -> ev.ChildEnded | None:
         """For a child run that has ended: what its parent is told, else None."""
-        end = self._log[-1] if self._log else None
-        if not self.started.parent or not isinstance(end, ev.TERMINAL):
+        end = self.end
+        if not self.started.parent or end is None:
             return None
         digest = hashlib.sha256(self.run_id.encode()).hexdigest()[:40]
         status = TERMINAL_STATE[type(end)]

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import TracebackType
+from typing import NamedTuple
 
 from substantial import defaults
 from substantial import events as ev
@@ -39,6 +40,14 @@ _STATUS = {
 
 _LISTEN_JOIN = 5.0  # seconds stop() waits for the wake-up listener
 _PARENT_CANCEL = "cancel-by-parent"  # one id: a parent's repeated cancels are ingested once
+
+
+class Ended(NamedTuple):
+    """A run's end as its worker recorded it: ``created_at`` (of its summary) tells this run from a later one
+    under the same id."""
+
+    created_at: float
+    record: ev.Record
 
 
 class _Abandoned(Exception):
@@ -93,7 +102,7 @@ class Worker:
         lease_ttl: float = defaults.LEASE_TTL,
         cache_size: int = defaults.CACHE_SIZE,
         poll_interval: float = defaults.POLL_INTERVAL,
-        on_turn: Callable[[], None] = lambda: None,
+        on_turn: Callable[[str, Ended | None], None] = lambda run_id, ended: None,
     ) -> None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, got {threads}")
@@ -294,7 +303,7 @@ class Worker:
                 self._turns.pop(run_id, None)
             if turn.next_run is None:
                 self._wake.set()  # a thread is free
-            self._on_turn()
+            self._on_turn(run_id, turn.run_end)
         return turn.next_run
 
     def _turn_failed(self, turn: _Turn, error: BaseException) -> None:
@@ -346,6 +355,7 @@ class _Turn:
         self.cached = False  # the execution came from the sticky cache: nothing left unposted
         self.released = False  # close_turn let the lease go
         self.next_run: str | None = None  # what close_turn claimed for this thread to run next
+        self.run_end: Ended | None = None  # the run's end, once recorded and closed
 
     def run(self) -> None:
         cached = self.w._cache.take(self.run_id)
@@ -445,6 +455,7 @@ class _Turn:
         if messages:
             log.info("run %s has finished: dropping %d message(s) sent to it", self.run_id, len(messages))
         self._close(info=None, ack=[m.id for m in messages], due_at=None, recheck=False)
+        self._note_end(execution)
 
     def _close(self, *, info: bytes | None, ack: Sequence[str], due_at: float | None, recheck: bool) -> None:
         """Write the summary, acknowledge, move the due entry, re-check the inbox, let the lease go.
@@ -535,7 +546,15 @@ class _Turn:
                 self.w.note_due(progress.due_at)
             self.w._cache.put(self.run_id, execution, self.version)
         else:
+            self._note_end(execution)
             execution.close()
+
+    def _note_end(self, execution: Execution) -> None:
+        """Keep the run's end for ``on_turn``: a handle in this process reads its result without the log."""
+        with self.summary_lock:
+            created_at = self.summary.created_at if self.summary is not None else None
+        if created_at is not None and execution.end is not None:
+            self.run_end = Ended(created_at, execution.end)
 
     def _start_children(self, children: Iterable[ev.ChildStarted]) -> None:
         for child in children:
