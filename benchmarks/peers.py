@@ -237,9 +237,11 @@ def main() -> None:
     print()
     table.print()
     if "counts" in args.only:
-        print("\nBackend calls per step and per turn, on files. A turn is counted by its release_lease;")
-        print("'due' is the poller's, idle polls included; start/run is Conductor.start; sticky: a save")
-        print("then a 1 ms sleep, 50 times, so every turn after the first takes the run from the sticky cache.")
+        print("\nBackend calls per step and per turn, on files. A turn is counted by its close_turn ('appending':")
+        print("one that appends the turn's last records); claim_due is the poller's, idle polls included;")
+        print("start/run is Conductor.start; sticky: a save then a 1 ms sleep, 50 times, so every turn after")
+        print("the first takes the run from the sticky cache. Composite calls count once: on Redis each is one")
+        print("round trip, on files the primitives they are made of.")
         print("\n".join(_counting.report()))
     print(f"\npeers.py took {time.perf_counter() - began:.0f}s")
 

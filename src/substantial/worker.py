@@ -457,8 +457,17 @@ class _Turn:
         self._close(info=None, ack=[m.id for m in messages], due_at=None, recheck=False)
         self._note_end(execution)
 
-    def _close(self, *, info: bytes | None, ack: Sequence[str], due_at: float | None, recheck: bool) -> None:
-        """Write the summary, acknowledge, move the due entry, re-check the inbox, let the lease go.
+    def _close(
+        self,
+        *,
+        info: bytes | None,
+        ack: Sequence[str],
+        due_at: float | None,
+        recheck: bool,
+        records: Sequence[bytes] = (),
+    ) -> None:
+        """Append the last records, write the summary, acknowledge, move the due entry, re-check the inbox,
+        let the lease go.
 
         The close also claims the queue's next due run, if any, for this thread to go on with.
         """
@@ -466,7 +475,16 @@ class _Turn:
         with w._claiming:
             claim = w._claim(1, finishing=self.run_id)
             claimed = self.backend.close_turn(
-                self.queue, self.run_id, w.owner, info=info, ack=ack, due_at=due_at, recheck=recheck, then_claim=claim
+                self.queue,
+                self.run_id,
+                w.owner,
+                info=info,
+                ack=ack,
+                due_at=due_at,
+                recheck=recheck,
+                records=records,
+                expected_version=self.version - len(records),
+                then_claim=claim,
             )
             self.released = True
             if claimed:
@@ -480,15 +498,19 @@ class _Turn:
             if self.w._abandon.is_set():
                 raise _Abandoned
             progress = execution.advance(time.time, self.w._steps)
-            encoded, self.unsaved = self.unsaved + [ev.encode(r) for r in progress.records], []
-            if encoded:  # the messages ingested go with the first append; the turn's end acknowledges them
-                self.version = self.backend.append_log(self.run_id, encoded, self.version)
-                self._emit_logs(execution, progress.records)
-                self._start_children(r for r in progress.records if isinstance(r, ev.ChildStarted))
+            if progress.state not in ("running", "continued"):
+                return execution, progress  # its records are appended by the park
+            self._append(execution, progress.records)
             if progress.state == "continued":
                 execution = self._next_generation(execution, progress.next_generation or [])
-            elif progress.state != "running":
-                return execution, progress
+
+    def _append(self, execution: Execution, records: list[ev.Record]) -> None:
+        """Append new records, and the messages ingested with the first; the turn's end acknowledges those."""
+        encoded, self.unsaved = self.unsaved + [ev.encode(r) for r in records], []
+        if encoded:
+            self.version = self.backend.append_log(self.run_id, encoded, self.version)
+            self._emit_logs(execution, records)
+            self._start_children(r for r in records if isinstance(r, ev.ChildStarted))
 
     def _next_generation(self, old: Execution, records: list[ev.Record]) -> Execution:
         self._acknowledge()  # before the log that records them is replaced: or the new one ingests them again
@@ -513,13 +535,25 @@ class _Turn:
                 )
 
     def _park(self, execution: Execution, progress: Progress) -> None:
-        """End the turn: the status, then what relatives must hear, then ``close_turn``.
+        """End the turn: its last records, the status, then what relatives must hear, then ``close_turn``.
 
         The status comes first and the due entry moves last: a worker killed
         in between leaves the due entry, so the next turn parks the run again
-        and tells its relatives again.
+        and tells its relatives again. With no relatives, ``close_turn`` does
+        it all, the last records first.
         """
         waiting = progress.state == "waiting"
+        # a worker may have died between recording a child and starting it: a run not from the cache re-posts
+        starts = [] if self.cached or not waiting else execution.children_waited()
+        dropped = execution.children_dropped()
+        relatives = starts or dropped or (not waiting and execution.started.parent)
+        # children are started, and log lines emitted, once recorded and before the status shows the turn's end
+        if relatives or any(isinstance(r, (ev.ChildStarted, ev.Logged)) for r in progress.records):
+            self._append(execution, progress.records)
+            last: list[bytes] = []
+        else:
+            last, self.unsaved = self.unsaved + [ev.encode(r) for r in progress.records], []
+            self.version += len(last)
         info = self._end_summary(
             _STATUS[progress.state],
             waiting_for=progress.waiting_for,
@@ -527,10 +561,7 @@ class _Turn:
             last_error="",
             turn_failures=0,
         )
-        # a worker may have died between recording a child and starting it: a run not from the cache re-posts
-        starts = [] if self.cached or not waiting else execution.children_waited()
-        dropped = execution.children_dropped()
-        if starts or dropped or (not waiting and execution.started.parent):
+        if relatives:
             if info is not None:
                 self.backend.write_info(self.run_id, info)
                 info = None
@@ -539,7 +570,8 @@ class _Turn:
                 self._cancel_children(dropped)
             else:
                 self._tell_relatives(execution)
-        self._close(info=info, ack=self.unacked, due_at=progress.due_at if waiting else None, recheck=waiting)
+        due_at = progress.due_at if waiting else None
+        self._close(info=info, ack=self.unacked, due_at=due_at, recheck=waiting, records=last)
         self.unacked = []
         if waiting:
             if progress.due_at is not None:

@@ -261,3 +261,27 @@ def test_close_turn_then_claims_the_next_due_runs(connect: object) -> None:
     claim = Claim(ttl=30, limit=5, scan=10, skip={"mine", "next"})
     assert a.close_turn("q", "r", "A", info=b"s", ack=[], due_at=now + 60, recheck=True, then_claim=claim) == ["r"]
     assert not b.acquire_lease("r", "B", 30)
+
+
+def test_close_turn_appends_the_turns_last_records_first_or_does_nothing(connect: object) -> None:
+    a, b = connect(), connect()  # type: ignore[operator]
+    now = time.time()
+    a.append_log("r", [b"start"], 0)
+    a.post("q", "r", Message("m1", b"one"))
+    assert a.acquire_lease("r", "A", 30)
+    b.append_log("r", [b"elsewhere"], 1)  # another worker moved the log
+    with pytest.raises(Conflict):
+        a.close_turn(
+            "q", "r", "A", info=b"s", ack=["m1"], due_at=None, recheck=False, records=[b"x"], expected_version=1
+        )
+    assert a.read_log("r") == ([b"start", b"elsewhere"], 2)
+    assert a.read_info("r") is None  # nothing else done: no summary, no ack, the due entry and the lease stay
+    assert a.take_inbox("r") == [Message("m1", b"one")]
+    assert a.due("q", now + 1, 10) == ["r"]
+    assert not b.acquire_lease("r", "B", 30)
+    a.close_turn(
+        "q", "r", "A", info=b"s", ack=["m1"], due_at=None, recheck=False, records=[b"y", b"z"], expected_version=2
+    )
+    assert a.read_log("r") == ([b"start", b"elsewhere", b"y", b"z"], 4)
+    assert a.read_info("r") == b"s" and a.take_inbox("r") == [] and a.due("q", now + 1, 10) == []
+    assert b.acquire_lease("r", "B", 30)

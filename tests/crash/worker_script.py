@@ -20,8 +20,9 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import crash_workflows
 
@@ -29,21 +30,32 @@ from substantial import Conductor
 from substantial import events as ev
 from substantial.backends import Backend
 
+T = TypeVar("T")
+
 
 def die_at_append(backend: Backend, when: str, kind: str) -> None:
-    """SIGKILL this process around the first append of a ``kind`` record."""
-    append = backend.append_log
+    """SIGKILL this process around the first append of a ``kind`` record: by ``append_log``, or by the
+    ``close_turn`` that appends a turn's last records (where a store does that in one step, "after" is after
+    the whole close; where the close calls ``append_log``, that call is the point)."""
+    append, close = backend.append_log, backend.close_turn
 
-    def append_log(run_id: str, records: Sequence[bytes], expected_version: int) -> int:
+    def around(records: Sequence[bytes], call: Callable[[], T]) -> T:
         hit = any(ev.decode(r).field == kind for r in records)
         if hit and when == "before":
             os.kill(os.getpid(), signal.SIGKILL)
-        version = append(run_id, records, expected_version)
+        result = call()
         if hit:
             os.kill(os.getpid(), signal.SIGKILL)
-        return version
+        return result
+
+    def append_log(run_id: str, records: Sequence[bytes], expected_version: int) -> int:
+        return around(records, lambda: append(run_id, records, expected_version))
+
+    def close_turn(queue: str, run_id: str, owner: str, **parts: Any) -> list[str]:
+        return around(parts.get("records", ()), lambda: close(queue, run_id, owner, **parts))
 
     backend.append_log = append_log  # type: ignore[method-assign]
+    backend.close_turn = close_turn  # type: ignore[method-assign]
 
 
 def exit_with_parent() -> None:

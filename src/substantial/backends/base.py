@@ -198,17 +198,23 @@ class Backend(ABC):
         ack: Sequence[str],
         due_at: float | None,
         recheck: bool,
+        records: Sequence[bytes] = (),
+        expected_version: int = 0,
         then_claim: Claim | None = None,
     ) -> list[str]:
-        """End a turn whose records are appended, in this order (the rules above hold in every interleaving).
+        """End a turn, in this order (the rules above hold in every interleaving).
 
-        Write the summary ``info`` (unless None), acknowledge the messages
+        Append the turn's last ``records`` as ``append_log`` does (``Conflict``,
+        and nothing else done, if the log moved); write the summary ``info``
+        (unless None), acknowledge the messages
         ``ack``, move the run's due entry to ``due_at`` (None: remove it), and
         with ``recheck`` mark the run due now if its inbox is not empty; then
         release ``owner``'s lease. Last, with ``then_claim``, lease the next
         due runs of ``queue`` (``claim_due``) and return them: the thread that
         ran this turn goes on with the next without a poll.
         """
+        if records:
+            self.append_log(run_id, records, expected_version)
         if info is not None:
             self.write_info(run_id, info)
         if ack:

@@ -84,17 +84,17 @@ _MARK_DUE = """
 redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
 redis.call('ZREM', KEYS[2], ARGV[3])
 """
-# KEYS[1] the due set, KEYS[2] the posting markers; ARGV[1] now, ARGV[2] markers older than this are stale
-_DUE_NOW = """
-local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[2])
-for _, marker in ipairs(stale) do
-  local run = string.match(marker, '^(.-)\\n')
-  redis.call('ZADD', KEYS[1], ARGV[1], run)
-  redis.call('ZREM', KEYS[2], marker)
+# Mark due the runs of posts whose poster died (markers older than ``stale``); the runs due at ``now``.
+_DUE_FN = """
+local function due_runs(due_key, posting_key, now, stale, scan)
+  for _, marker in ipairs(redis.call('ZRANGEBYSCORE', posting_key, '-inf', stale)) do
+    redis.call('ZADD', due_key, now, string.match(marker, '^(.-)\\n'))
+    redis.call('ZREM', posting_key, marker)
+  end
+  return redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'LIMIT', 0, scan)
 end
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
 """
-_DUE = _DUE_NOW + "return due"
+_DUE = _DUE_FN + "return due_runs(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
 _TAKE_LEASE = """
 local function take_lease(key, owner, ms)
   local holder = redis.call('GET', key)
@@ -106,25 +106,55 @@ local function take_lease(key, owner, ms)
 end
 """
 _ACQUIRE = _TAKE_LEASE + "if take_lease(KEYS[1], ARGV[1], ARGV[2]) then return 1 end return 0"
-# a single node only: the lease keys ("<ARGV[6]><run>}:lease") and the inbox ARGV[9] are not declared.
-# With a run ARGV[8] (a turn's close), first mark it due now if its inbox ARGV[9] has messages.
-_CLAIM = (
-    """
-if ARGV[8] ~= '' and redis.call('LLEN', ARGV[9]) > 0 then redis.call('ZADD', KEYS[1], ARGV[1], ARGV[8]) end
-"""
-    + _DUE_NOW
+# The claim's arguments, from a[i] on: now, stale, scan, limit, owner, the lease keys' prefix, ttl in ms, a run
+# to mark due now first if its inbox (the next argument) has messages ('' for none), then the runs to skip.
+# A single node only: the lease keys ("<prefix><run>}:lease") and that inbox are not declared.
+_CLAIM_FN = (
+    _DUE_FN
     + _TAKE_LEASE
     + """
-local skip, claimed, limit = {}, {}, tonumber(ARGV[4])
-for i = 10, #ARGV do skip[ARGV[i]] = true end
-for _, run in ipairs(due) do
-  if #claimed >= limit then break end
-  if not skip[run] then
-    skip[run] = true
-    if take_lease(ARGV[6] .. run .. '}:lease', ARGV[5], ARGV[7]) then claimed[#claimed + 1] = run end
+local function claim(due_key, posting_key, a, i)
+  if a[i + 7] ~= '' and redis.call('LLEN', a[i + 8]) > 0 then redis.call('ZADD', due_key, a[i], a[i + 7]) end
+  local skip, claimed, limit = {}, {}, tonumber(a[i + 3])
+  if limit <= 0 then return claimed end
+  for j = i + 9, #a do skip[a[j]] = true end
+  for _, run in ipairs(due_runs(due_key, posting_key, a[i], a[i + 1], a[i + 2])) do
+    if #claimed >= limit then break end
+    if not skip[run] then
+      skip[run] = true
+      if take_lease(a[i + 5] .. run .. '}:lease', a[i + 4], a[i + 6]) then claimed[#claimed + 1] = run end
+    end
   end
+  return claimed
 end
-return claimed
+"""
+)
+_CLAIM = _CLAIM_FN + "return claim(KEYS[1], KEYS[2], ARGV, 1)"
+# A turn's close, on a single node. KEYS: log, info, runs, inbox, msgs, due, posting, lease. ARGV: the log's
+# expected version, how many records, '1' if a summary follows, the summary, the run, due_at ('' to remove the
+# due entry), the owner, how many acks; then the records, the acks, and the claim's arguments.
+_CLOSE = (
+    _CLAIM_FN
+    + """
+local n = redis.call('LLEN', KEYS[1])
+if n ~= tonumber(ARGV[1]) then return {0, n} end
+local i = 9
+for _ = 1, tonumber(ARGV[2]) do
+  redis.call('RPUSH', KEYS[1], ARGV[i])
+  i = i + 1
+end
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[2], ARGV[4])
+  redis.call('ZADD', KEYS[3], 0, ARGV[5])
+end
+for _ = 1, tonumber(ARGV[8]) do
+  redis.call('HDEL', KEYS[5], ARGV[i])
+  redis.call('LREM', KEYS[4], 0, ARGV[i])
+  i = i + 1
+end
+if ARGV[6] == '' then redis.call('ZREM', KEYS[6], ARGV[5]) else redis.call('ZADD', KEYS[6], ARGV[6], ARGV[5]) end
+if redis.call('GET', KEYS[8]) == ARGV[7] then redis.call('DEL', KEYS[8]) end
+return {1, claim(KEYS[6], KEYS[7], ARGV, i)}
 """
 )
 # KEYS: inbox, msgs, log, info; ARGV[1]: read the log from there
@@ -186,6 +216,7 @@ class RedisBackend(Backend):
                 "mark_due": _MARK_DUE,
                 "due": _DUE,
                 "claim": _CLAIM,
+                "close": _CLOSE,
                 "open": _OPEN,
                 "acquire": _ACQUIRE,
                 "renew": _RENEW,
@@ -436,33 +467,37 @@ class RedisBackend(Backend):
         ack: Sequence[str],
         due_at: float | None,
         recheck: bool,
+        records: Sequence[bytes] = (),
+        expected_version: int = 0,
         then_claim: Claim | None = None,
     ) -> list[str]:
-        """One pipeline on a single node, which runs its commands in order; the claim script re-checks the inbox."""
+        """One script on a single node (it reads lease keys it does not declare); the sum of the parts on a cluster."""
         if not self._one_node:
             return super().close_turn(
-                queue, run_id, owner, info=info, ack=ack, due_at=due_at, recheck=recheck, then_claim=then_claim
+                queue,
+                run_id,
+                owner,
+                info=info,
+                ack=ack,
+                due_at=due_at,
+                recheck=recheck,
+                records=records,
+                expected_version=expected_version,
+                then_claim=then_claim,
             )
-        ack = [check_run_id(i) for i in ack]
-        due, inbox = self._queue_key(queue, "due"), self._run_key(run_id, "inbox")
         if due_at is not None:
             self._note_queue(queue)
+        keys = [self._run_key(run_id, part) for part in ("log", "info")] + [f"{self.prefix}:runs"]
+        keys += [self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")]
+        keys += [self._queue_key(queue, "due"), self._queue_key(queue, "posting"), self._run_key(run_id, "lease")]
         claim = then_claim or Claim(0.0, 0, 0)
-
-        def commands(pipe: Any) -> None:
-            if info is not None:
-                self._info_commands(pipe, run_id, info)
-            if ack:
-                self._evalsha(pipe, "ack", [inbox, self._run_key(run_id, "msgs")], ack)
-            if due_at is None:
-                pipe.zrem(due, run_id)
-            else:
-                pipe.zadd(due, {run_id: due_at})
-            self._evalsha(pipe, "release", [self._run_key(run_id, "lease")], [owner])
-            keys, args = self._claim_call(queue, time.time(), owner, claim, recheck=run_id if recheck else "")
-            self._evalsha(pipe, "claim", keys, args)
-
-        return [_text(run) for run in self._pipelined(commands)[-1]]
+        _, claim_args = self._claim_call(queue, time.time(), owner, claim, recheck=run_id if recheck else "")
+        head: list[Any] = [expected_version, len(records), "0" if info is None else "1", info or b"", run_id]
+        head += ["" if due_at is None else due_at, owner, len(ack)]
+        ok, result = self._scripts["close"](keys=keys, args=[*head, *records, *map(check_run_id, ack), *claim_args])
+        if not ok:
+            raise Conflict(f"run {run_id!r}: log is at version {result}, not {expected_version}")
+        return [_text(run) for run in result]
 
     # -- wake-up -------------------------------------------------------------
 
