@@ -15,12 +15,13 @@ import threading
 import time
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from _jobs import WORKFLOWS, one_step, sequential, turn_per_step
 from _substantial import start
 
 from substantial import Conductor, RunHandle, Workflow
-from substantial.backends import Backend, Claim, FSBackend, Message, Opened
+from substantial.backends import Backend, FSBackend, Message, Opened
 
 POLL = 0.01
 
@@ -124,35 +125,11 @@ class CountingBackend(Backend):
         self._count("open_turn")
         return self.inner.open_turn(run_id, after)
 
-    def close_turn(
-        self,
-        queue: str,
-        run_id: str,
-        owner: str,
-        *,
-        info: bytes | None,
-        ack: Sequence[str],
-        due_at: float | None,
-        recheck: bool,
-        records: Sequence[bytes] = (),
-        expected_version: int = 0,
-        then_claim: Claim | None = None,
-    ) -> list[str]:
+    def close_turn(self, queue: str, run_id: str, owner: str, **parts: Any) -> list[str]:
         self._count("close_turn")
-        if records:
+        if parts.get("records"):
             self._count("close_turn appending")
-        return self.inner.close_turn(
-            queue,
-            run_id,
-            owner,
-            info=info,
-            ack=ack,
-            due_at=due_at,
-            recheck=recheck,
-            records=records,
-            expected_version=expected_version,
-            then_claim=then_claim,
-        )
+        return self.inner.close_turn(queue, run_id, owner, **parts)
 
     def close(self) -> None:
         self.inner.close()

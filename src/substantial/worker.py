@@ -506,11 +506,16 @@ class _Turn:
 
     def _append(self, execution: Execution, records: list[ev.Record]) -> None:
         """Append new records, and the messages ingested with the first; the turn's end acknowledges those."""
-        encoded, self.unsaved = self.unsaved + [ev.encode(r) for r in records], []
+        encoded = self._to_write(records)
         if encoded:
             self.version = self.backend.append_log(self.run_id, encoded, self.version)
             self._emit_logs(execution, records)
             self._start_children(r for r in records if isinstance(r, ev.ChildStarted))
+
+    def _to_write(self, records: list[ev.Record]) -> list[bytes]:
+        """The records to write next, encoded: the messages ingested but not yet written first."""
+        encoded, self.unsaved = self.unsaved + [ev.encode(r) for r in records], []
+        return encoded
 
     def _next_generation(self, old: Execution, records: list[ev.Record]) -> Execution:
         self._acknowledge()  # before the log that records them is replaced: or the new one ingests them again
@@ -552,7 +557,7 @@ class _Turn:
             self._append(execution, progress.records)
             last: list[bytes] = []
         else:
-            last, self.unsaved = self.unsaved + [ev.encode(r) for r in progress.records], []
+            last = self._to_write(progress.records)
             self.version += len(last)
         info = self._end_summary(
             _STATUS[progress.state],
