@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
@@ -10,7 +11,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from types import TracebackType
 from typing import NamedTuple
@@ -122,7 +123,7 @@ class Worker:
         self._in_flight: dict[str, Future[None]] = {}
         self._turns: dict[str, _Turn] = {}  # turns running now (a run in flight may still be queued)
         self._lock = threading.Lock()
-        self._claiming = threading.Lock()  # one claim of due runs at a time
+        self._reserved = 0  # pool threads set aside for claims under way (see _claiming)
         self._timers: list[float] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -211,32 +212,55 @@ class Worker:
     def _take_due(self) -> bool:
         took = False
         for queue in self.queues:
-            with self._claiming:
-                claim = self._claim(self.threads)
+            with self._claiming() as claim:
                 if claim is None:
                     return took
                 claimed = self.backend.claim_due(
                     queue, time.time(), self.owner, claim.ttl, limit=claim.limit, scan=claim.scan, skip=claim.skip
                 )
-                for run_id in claimed:
-                    with self._lock:
-                        self._in_flight[run_id] = self._pool.submit(self._turn, queue, run_id)
-                    took = True
+                with self._lock:
+                    for run_id in claimed:
+                        if self._may_take(run_id):
+                            self._in_flight[run_id] = self._pool.submit(self._turn, queue, run_id)
+                            took = True
         return took
 
-    def _claim(self, limit: int, finishing: str | None = None) -> Claim | None:
-        """Up to ``limit`` due runs, as free threads allow (counting ``finishing``'s as free); None if none is.
+    @contextlib.contextmanager
+    def _claiming(self) -> Iterator[Claim | None]:
+        """A claim of due runs for the pool's free threads; None if none is free.
 
-        Called under ``_claiming``: this worker's own leases are re-entrant, so
-        two claims at once could each take a run the other is taking.
+        The threads it may fill are set aside until the block ends, so claims at
+        once never take more runs than there are threads; register what it took
+        (``_may_take``) inside the block.
         """
         with self._lock:
-            busy = set(self._in_flight) - {finishing}
-        limit = min(limit, self.threads - len(busy))
+            claim = self._claim(self.threads - len(self._in_flight) - self._reserved)
+            if claim is not None:
+                self._reserved += claim.limit
+        try:
+            yield claim
+        finally:
+            if claim is not None:
+                with self._lock:
+                    self._reserved -= claim.limit
+
+    def _claim(self, limit: int, finishing: str | None = None) -> Claim | None:
+        """Under ``_lock``: a claim of up to ``limit`` due runs, ``finishing``'s among them; None if none."""
         if limit <= 0 or self._stopping.is_set():
             return None
+        busy = set(self._in_flight) - {finishing}
         # look past the runs this worker holds and a batch more: the earliest may be leased elsewhere
         return Claim(self.lease_ttl, limit, defaults.DUE_BATCH + len(busy), busy)
+
+    def _may_take(self, run_id: str) -> bool:
+        """Under ``_lock``: whether a run this worker just leased is its to run now.
+
+        A lease is taken once, so a run in flight here is leased again only
+        once its turn let the lease go (the new claim takes it over) or let
+        it expire (the turn still running keeps it).
+        """
+        turn = self._turns.get(run_id)
+        return run_id not in self._in_flight or (turn is not None and turn.letting_go)
 
     def _listen_loop(self) -> None:
         while not self._stopping.is_set():
@@ -285,6 +309,7 @@ class Worker:
         turn = _Turn(self, queue, run_id)
         with self._lock:
             self._turns[run_id] = turn
+            turn.slot = self._in_flight[run_id]
         try:
             turn.run()
         except (Conflict, _Abandoned):
@@ -292,15 +317,19 @@ class Worker:
         except BaseException as e:  # SystemExit from a step too: back off, never spin
             self._turn_failed(turn, e)
         finally:
+            with self._lock:
+                turn.letting_go = True
+                ours = self._in_flight.get(run_id) is turn.slot  # else a claim took the run over
             try:
-                if not turn.released:
+                if ours and not turn.released:
                     self.backend.release_lease(run_id, self.owner)
             except Exception:
                 log.exception("releasing the lease of run %s failed", run_id)
             with self._lock:
-                if turn.next_run != run_id:
-                    self._in_flight.pop(run_id, None)
-                self._turns.pop(run_id, None)
+                if turn.next_run != run_id and self._in_flight.get(run_id) is turn.slot:
+                    del self._in_flight[run_id]
+                if self._turns.get(run_id) is turn:
+                    del self._turns[run_id]
             if turn.next_run is None:
                 self._wake.set()  # a thread is free
             self._on_turn(run_id, turn.run_end)
@@ -354,6 +383,8 @@ class _Turn:
         self.unacked: list[str] = []  # their ids, acknowledged once appended
         self.cached = False  # the execution came from the sticky cache: nothing left unposted
         self.released = False  # close_turn let the lease go
+        self.letting_go = False  # the lease is being let go: a claim of this worker may take the run over
+        self.slot: Future[None] | None = None  # the pool thread's future, under which the run is in flight
         self.next_run: str | None = None  # what close_turn claimed for this thread to run next
         self.run_end: Ended | None = None  # the run's end, once recorded and closed
 
@@ -472,25 +503,28 @@ class _Turn:
         The close also claims the queue's next due run, if any, for this thread to go on with.
         """
         w = self.w
-        with w._claiming:
-            claim = w._claim(1, finishing=self.run_id)
-            claimed = self.backend.close_turn(
-                self.queue,
-                self.run_id,
-                w.owner,
-                info=info,
-                ack=ack,
-                due_at=due_at,
-                recheck=recheck,
-                records=records,
-                expected_version=self.version - len(records),
-                then_claim=claim,
-            )
-            self.released = True
-            if claimed:
-                self.next_run = claimed[0]
-                with w._lock:
-                    w._in_flight[self.next_run] = w._in_flight[self.run_id]
+        with w._lock:
+            self.letting_go = True
+            claim = w._claim(1, finishing=self.run_id)  # for this thread: it needs none set aside
+        claimed = self.backend.close_turn(
+            self.queue,
+            self.run_id,
+            w.owner,
+            info=info,
+            ack=ack,
+            due_at=due_at,
+            recheck=recheck,
+            records=records,
+            expected_version=self.version - len(records),
+            then_claim=claim,
+        )
+        self.released = True
+        if claimed:
+            with w._lock:
+                if w._may_take(claimed[0]):  # its own run again too: this turn lets it go
+                    self.next_run = claimed[0]
+                    assert self.slot is not None
+                    w._in_flight[self.next_run] = self.slot
 
     def _advance(self, execution: Execution) -> tuple[Execution, Progress]:
         """Run the execution until it waits or ends; a continue_using swaps in the next generation."""

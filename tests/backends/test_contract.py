@@ -110,7 +110,7 @@ def test_a_lease_is_exclusive_until_released(connect: object) -> None:
     a, b = connect(), connect()  # type: ignore[operator]
     assert a.acquire_lease("r", "A", 30)
     assert not b.acquire_lease("r", "B", 30)
-    assert a.acquire_lease("r", "A", 30)  # re-entrant for its owner
+    assert not a.acquire_lease("r", "A", 30)  # not re-entrant: held, even by its owner
     b.release_lease("r", "B")  # not the owner: nothing happens
     assert not b.acquire_lease("r", "B", 30)
     a.release_lease("r", "A")
@@ -193,8 +193,10 @@ def test_claim_due_leases_the_earliest_due_runs_it_can(connect: object) -> None:
     assert not b.acquire_lease("r2", "B", 30) and not b.acquire_lease("r3", "B", 30)
     assert b.acquire_lease("r4", "B", 30)  # past the limit: left alone
     assert b.acquire_lease("r0", "B", 30)  # skipped: not leased
-    assert a.claim_due("q", now, "A", 30, limit=5, scan=10) == ["r2", "r3"]  # its own again; the rest held
+    assert a.claim_due("q", now, "A", 30, limit=5, scan=10) == []  # all held: its own too, a lease is taken once
+    a.release_lease("r2", "A")
     assert a.claim_due("q", now, "A", 30, limit=5, scan=1) == []  # only r0 looked at: B's
+    assert a.claim_due("q", now, "A", 30, limit=5, scan=10) == ["r2"]
     assert a.due("q", now, 10) == ["r0", "r1", "r2", "r3", "r4"]  # claiming removes no due entry
 
 

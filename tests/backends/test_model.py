@@ -188,7 +188,7 @@ class BackendModel(RuleBasedStateMachine):
 
     @rule(c=clients, run_id=hot_runs, owner=owners)
     def acquire_lease(self, c: int, run_id: str, owner: str) -> None:
-        free = self.leases.get(run_id, owner) == owner
+        free = run_id not in self.leases
         assert self.clients[c].acquire_lease(run_id, owner, TTL) is free
         if free:
             self.leases[run_id] = owner

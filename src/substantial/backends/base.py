@@ -127,7 +127,10 @@ class Backend(ABC):
 
     @abstractmethod
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        """Take the run's lease for ``ttl`` seconds if it is free or expired (or already ``owner``'s)."""
+        """Take the run's lease for ``ttl`` seconds if it is free or expired; False if held, even by ``owner``.
+
+        Not re-entrant: of two claims of one worker that race for a run, one takes it.
+        """
 
     @abstractmethod
     def renew_lease(self, run_id: str, owner: str, ttl: float) -> bool:

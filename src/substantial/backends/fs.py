@@ -39,7 +39,7 @@ import uuid
 import weakref
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from substantial.backends.base import Backend, Message, check_run_id
@@ -687,17 +687,21 @@ class FSBackend(Backend):
     def due(self, queue: str, now: float, limit: int) -> list[str]:
         self._recover_posts(queue, now)
         found: list[str] = []
+        for entry in self._due_entries(queue, now):
+            run_id = self._live_entry(queue, entry, now)
+            if run_id is not None and run_id not in found:  # listed mid-move: old and new entry
+                found.append(run_id)
+                if len(found) >= limit:
+                    break
+        return found
+
+    def _due_entries(self, queue: str, now: float) -> Iterator[Path]:
+        """The queue's due entries at or before ``now``, earliest first, live or not, listed lazily."""
         last = self._entry(queue, "\uffff", now)
         for days in self._buckets(self._queue_dir(queue), last.parents[2].name):
             for day in self._buckets(days, last.parents[1].name):
                 for minute in self._buckets(day, last.parent.name):
-                    for entry in self._buckets(minute, last.name):
-                        run_id = self._live_entry(queue, entry, now)
-                        if run_id is not None and run_id not in found:  # listed mid-move: old and new entry
-                            found.append(run_id)
-                            if len(found) >= limit:
-                                return found
-        return found
+                    yield from self._buckets(minute, last.name)
 
     @staticmethod
     def _buckets(folder: Path, upto: str) -> Iterator[Path]:
@@ -738,6 +742,29 @@ class FSBackend(Backend):
         return raw.decode() if raw is not None else None
 
     # -- a turn's operations together ----------------------------------------
+
+    def claim_due(
+        self, queue: str, now: float, owner: str, ttl: float, *, limit: int, scan: int, skip: Collection[str] = ()
+    ) -> list[str]:
+        """As ``due`` then ``acquire_lease``, but lazily: an entry of a run in ``skip`` is counted and not
+        checked, and the walk stops once ``limit`` runs are leased."""
+        self._recover_posts(queue, now)
+        claimed: list[str] = []
+        seen: set[str] = set()
+        for entry in self._due_entries(queue, now):
+            if len(claimed) >= limit or len(seen) >= scan:
+                break
+            name = entry.name.partition("-")[2]
+            if not name.startswith("~") and (run_id := _run_id_of(name)) in skip:
+                seen.add(run_id)
+                continue
+            live = self._live_entry(queue, entry, now)
+            if live is None or live in seen:  # listed mid-move: old and new entry
+                continue
+            seen.add(live)
+            if live not in skip and self.acquire_lease(live, owner, ttl):
+                claimed.append(live)
+        return claimed
 
     def start_run(self, queue: str, run_id: str, info: bytes, message: Message) -> None:
         """A new run's folder is made whole in ``tmp/`` and renamed into place: five fsyncs, not nine.
@@ -798,7 +825,7 @@ class FSBackend(Backend):
 
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         def free(held: tuple[str, float] | None) -> bool:
-            return held is None or held[0] == owner or held[1] <= time.time()
+            return held is None or held[1] <= time.time()
 
         return self._swap_lease(run_id, owner, ttl, free)
 

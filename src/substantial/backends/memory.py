@@ -101,7 +101,7 @@ class MemoryBackend(Backend):
         with self._lock:
             held = self._leases.get(run_id)
             now = time.monotonic()
-            if held is not None and held[0] != owner and held[1] > now:
+            if held is not None and held[1] > now:
                 return False
             self._leases[run_id] = (owner, now + ttl)
             return True

@@ -97,12 +97,7 @@ end
 _DUE = _DUE_FN + "return due_runs(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3])"
 _TAKE_LEASE = """
 local function take_lease(key, owner, ms)
-  local holder = redis.call('GET', key)
-  if holder == false or holder == owner then
-    redis.call('SET', key, owner, 'PX', ms)
-    return true
-  end
-  return false
+  return redis.call('SET', key, owner, 'NX', 'PX', ms) ~= false
 end
 """
 _ACQUIRE = _TAKE_LEASE + "if take_lease(KEYS[1], ARGV[1], ARGV[2]) then return 1 end return 0"
@@ -510,7 +505,7 @@ class RedisBackend(Backend):
         key = (threading.get_ident(), tuple(queues))
         pubsub = self._pubsubs.get(key)
         if pubsub is None:
-            pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            pubsub = self._r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call,unused-ignore]
             pubsub.subscribe(*(f"{self.prefix}:wake:{queue}" for queue in queues))
             with self._pubsubs_lock:
                 self._pubsubs[key] = pubsub

@@ -646,7 +646,7 @@ class S3Backend(Backend):
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         def decide(held_by: str, expires: float) -> tuple[str, float] | None:
             now = time.time()
-            return (owner, now + ttl) if held_by in ("", owner) or expires <= now else None
+            return (owner, now + ttl) if held_by == "" or expires <= now else None
 
         return self._swap_lease(run_id, decide)
 
