@@ -36,7 +36,7 @@ T = TypeVar("T")
 def die_at_append(backend: Backend, when: str, kind: str) -> None:
     """SIGKILL this process around the first append of a ``kind`` record: by ``append_log``, or by the
     ``close_turn`` that appends a turn's last records (where a store does that in one step, "after" is after
-    the whole close; where the close calls ``append_log``, that call is the point)."""
+    the whole close; where the close appends first, as files do under the run's lock, that append is the point)."""
     append, close = backend.append_log, backend.close_turn
 
     def around(records: Sequence[bytes], call: Callable[[], T]) -> T:
@@ -56,6 +56,13 @@ def die_at_append(backend: Backend, when: str, kind: str) -> None:
 
     backend.append_log = append_log  # type: ignore[method-assign]
     backend.close_turn = close_turn  # type: ignore[method-assign]
+    held_append = getattr(backend, "_append", None)
+    if held_append is not None:  # files: the append under a held lock, which its close calls in its midst
+
+        def _append(run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
+            return around(records, lambda: held_append(run_id, folder, records, expected_version))
+
+        backend._append = _append  # type: ignore[attr-defined]
 
 
 def exit_with_parent() -> None:

@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
-from substantial.backends.base import Backend, Message, check_run_id
+from substantial.backends.base import Backend, Claim, Message, check_run_id
 from substantial.errors import Conflict, CorruptRecord
 
 _HEADER = struct.Struct(">II")  # payload length, CRC32 of the payload
@@ -63,6 +63,7 @@ def _new_file_head() -> bytes:
 
 #: A post marker older than this is taken for the trace of a poster that died.
 POSTING_GRACE = 5.0
+_POINTER_READ = 4_160  # a due pointer holds one path (PATH_MAX is 4,096) in a frame
 #: How many runs' lock files a client keeps open when no thread holds them (the runs it used last).
 OPEN_LOCKS = 128
 _FOLDER_NAMES = 4096  # run id -> folder, remembered for the hot paths
@@ -285,16 +286,24 @@ def _first_record(data: bytes) -> bytes | None:
 def _read_pointer(path: str) -> str | None:
     """The due entry a run's pointer names; None if it names none, "" if a crash tore it."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
+    try:
+        data = os.read(fd, _POINTER_READ)
+    finally:
+        os.close(fd)
     if data.startswith(b"/"):  # an absolute path, as earlier versions wrote it whole
         return data.decode()
     record = _first_record(data)
     if record is None:
         return ""
     return record.decode() or None
+
+
+def _lease_free(held: tuple[str, float] | None) -> bool:
+    """Whether a lease may be taken: none is held, or it expired (a lease is taken once, even by its owner)."""
+    return held is None or held[1] <= time.time()
 
 
 def _read_info_slot(path: str) -> tuple[int, bytes] | None:
@@ -608,7 +617,7 @@ class FSBackend(Backend):
         elif old is not None:
             self._write_pointer(pointer, "", folder, durable=False)  # names no entry
         if old:
-            self._remove_entry(Path(old))
+            self._remove_entry(old)
 
     def _create_entry(self, entry: Path) -> None:
         """An empty file (its name holds the run's folder name), made durable before a pointer names it."""
@@ -652,12 +661,14 @@ class FSBackend(Backend):
         if created and durable:
             self._sync_dir(Path(folder))
 
-    def _remove_entry(self, entry: Path) -> None:
+    def _remove_entry(self, entry: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry)
-        for folder in (entry.parent, entry.parent.parent, entry.parent.parent.parent):
+        folder = entry
+        for _ in range(3):
+            folder = os.path.dirname(folder)
             try:
-                folder.rmdir()  # empty buckets go, so polls list only live ones
+                os.rmdir(folder)  # empty buckets go, so polls list only live ones
             except OSError:
                 break
 
@@ -674,8 +685,8 @@ class FSBackend(Backend):
     def _recover_posts(self, queue: str, now: float) -> None:
         """Mark due the runs of posts whose poster died mid-way (old markers)."""
         cutoff = f"{int((now - POSTING_GRACE) * 1e9):020d}"
-        for marker in self._buckets(self._posting, cutoff):
-            raw = self._read(marker)
+        for marker in self._buckets(str(self._posting), cutoff):
+            raw = self._read(Path(marker))
             if raw is None:
                 continue
             marker_queue, _, run_id = raw.decode().partition("\n")
@@ -695,26 +706,34 @@ class FSBackend(Backend):
                     break
         return found
 
-    def _due_entries(self, queue: str, now: float) -> Iterator[Path]:
-        """The queue's due entries at or before ``now``, earliest first, live or not, listed lazily."""
+    def _due_entries(self, queue: str, now: float) -> Iterator[str]:
+        """The queue's due entries at or before ``now``, earliest first, live or not, listed lazily.
+
+        Paths are strings: a claim may list thousands of names to take one, so none costs a ``Path``.
+        """
         last = self._entry(queue, "\uffff", now)
-        for days in self._buckets(self._queue_dir(queue), last.parents[2].name):
+        for days in self._buckets(str(self._queue_dir(queue)), last.parents[2].name):
             for day in self._buckets(days, last.parents[1].name):
                 for minute in self._buckets(day, last.parent.name):
                     yield from self._buckets(minute, last.name)
 
     @staticmethod
-    def _buckets(folder: Path, upto: str) -> Iterator[Path]:
+    def _buckets(folder: str, upto: str) -> Iterator[str]:
+        """The paths of ``folder``'s names up to ``upto``, in order."""
         try:
-            names = sorted(n for n in os.listdir(folder) if n <= upto)
+            names = os.listdir(folder)
         except FileNotFoundError:
             return
+        names.sort()
+        prefix = folder + os.sep
         for name in names:
-            yield folder / name
+            if name > upto:
+                return
+            yield prefix + name
 
-    def _live_entry(self, queue: str, entry: Path, now: float) -> str | None:
+    def _live_entry(self, queue: str, entry: str, now: float) -> str | None:
         """The run of a due entry, or None (and the entry removed) if its run moved on."""
-        due_ms, _, name = entry.name.partition("-")
+        due_ms, _, name = os.path.basename(entry).partition("-")
         if not os.path.isdir(os.path.join(self._runs, name)):
             # no folder: its run was deleted, or start_run is renaming it into place (the entry comes first)
             if int(due_ms) < (now - POSTING_GRACE) * 1000:
@@ -725,11 +744,11 @@ class FSBackend(Backend):
             self._remove_entry(entry)  # its run was deleted
             return None
         pointer = os.path.join(self._runs, name, f"due.{queue}")
-        if _read_pointer(pointer) == str(entry):
+        if _read_pointer(pointer) == entry:
             return run_id
         with self._locked(run_id):  # a schedule may be between writing the entry and its pointer
             named = _read_pointer(pointer)
-            if named == str(entry) or named == "":  # "": torn by a crash, the turn writes it again
+            if named in (entry, ""):  # "": torn by a crash, the turn writes it again
                 return run_id
             self._remove_entry(entry)
             return None
@@ -754,7 +773,7 @@ class FSBackend(Backend):
         for entry in self._due_entries(queue, now):
             if len(claimed) >= limit or len(seen) >= scan:
                 break
-            name = entry.name.partition("-")[2]
+            name = os.path.basename(entry).partition("-")[2]
             if not name.startswith("~") and (run_id := _run_id_of(name)) in skip:
                 seen.add(run_id)
                 continue
@@ -762,9 +781,71 @@ class FSBackend(Backend):
             if live is None or live in seen:  # listed mid-move: old and new entry
                 continue
             seen.add(live)
-            if live not in skip and self.acquire_lease(live, owner, ttl):
+            if live not in skip and self._lease_if_due(queue, live, owner, ttl, now):
                 claimed.append(live)
         return claimed
+
+    def _lease_if_due(self, queue: str, run_id: str, owner: str, ttl: float, now: float) -> bool:
+        """Under one hold of the run's lock: lease the run if it is still due and its lease is free.
+
+        Its turn may have ended between the listing and the lock: such a claim
+        would be a turn with nothing to do. A torn pointer counts as due.
+        """
+        lock, folder = self._lock(run_id)
+        try:
+            named = _read_pointer(os.path.join(folder, f"due.{queue}"))
+            if named is None:
+                return False
+            due_ms = os.path.basename(named).partition("-")[0]
+            if due_ms.isdigit() and int(due_ms) > now * 1000:
+                return False
+            return self._swap_held_lease(folder, owner, ttl, _lease_free)
+        finally:
+            self._unlock(run_id, lock)
+
+    def close_turn(
+        self,
+        queue: str,
+        run_id: str,
+        owner: str,
+        *,
+        info: bytes | None,
+        ack: Sequence[str],
+        due_at: float | None,
+        recheck: bool,
+        records: Sequence[bytes] = (),
+        expected_version: int = 0,
+        then_claim: Claim | None = None,
+    ) -> list[str]:
+        """As the base does it, under one hold of the run's lock (one ``flock``, where the parts took five).
+
+        A post's ``schedule`` waits for the lock, so the inbox re-check under
+        it sees the message, or the post marks the run due after the close.
+        """
+        lock, folder = self._lock(run_id)
+        try:
+            if records:
+                self._append(run_id, folder, records, expected_version)
+            if info is not None:
+                self._write_info(folder, info)
+            self.ack(run_id, ack)
+            self._set_entry(queue, run_id, due_at)
+            if recheck and self._has_mail(folder):
+                self._set_entry(queue, run_id, time.time())
+            self._release_held_lease(folder, owner)
+        finally:
+            self._unlock(run_id, lock)
+        if then_claim is None:
+            return []
+        claim = then_claim
+        return self.claim_due(queue, time.time(), owner, claim.ttl, limit=claim.limit, scan=claim.scan, skip=claim.skip)
+
+    @staticmethod
+    def _has_mail(folder: str) -> bool:
+        try:
+            return bool(os.listdir(os.path.join(folder, "inbox")))
+        except FileNotFoundError:
+            return False
 
     def start_run(self, queue: str, run_id: str, info: bytes, message: Message) -> None:
         """A new run's folder is made whole in ``tmp/`` and renamed into place: five fsyncs, not nine.
@@ -793,7 +874,7 @@ class FSBackend(Backend):
         super().start_run(queue, run_id, info, message)
 
     def _stage_run(self, staged: Path, run_id: str, queue: str, info: bytes, message: Message) -> None:
-        """The folder of a new run with its summary, start message and due pointer; then its due entry."""
+        """The folder of a new run with its summary, start message, due pointer and empty log; then its due entry."""
         name = os.path.basename(self._folder(run_id))
         entry = self._entry(queue, name, time.time())
         (staged / "inbox").mkdir(parents=True)
@@ -803,6 +884,8 @@ class FSBackend(Backend):
         self._write_new(staged / _INFO_SLOTS[0], frame(_SEQUENCE.pack(0) + info), durable=False)
         # not fsync'd: a pointer lost or torn by a crash reads "", which leaves the run's entries live
         self._write_new(staged / f"due.{queue}", frame(str(entry).encode()), durable=False)
+        # an empty log, made durable by the folder's fsync: the first append then fsyncs no folder
+        self._write_new(staged / "log", b"", durable=False)
         self._sync_dir(staged / "inbox")
         self._sync_dir(staged)
         self._create_entry(entry)
@@ -824,10 +907,7 @@ class FSBackend(Backend):
         return os.open(os.path.join(folder, "lease"), flags, 0o644)
 
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        def free(held: tuple[str, float] | None) -> bool:
-            return held is None or held[1] <= time.time()
-
-        return self._swap_lease(run_id, owner, ttl, free)
+        return self._swap_lease(run_id, owner, ttl, _lease_free)
 
     def renew_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         def ours(held: tuple[str, float] | None) -> bool:
@@ -839,34 +919,44 @@ class FSBackend(Backend):
         """Under the run's lock: give ``owner`` the lease for ``ttl`` if ``may(held lease)``."""
         lock, folder = self._lock(run_id)
         try:
-            fd = self._lease_file(folder, create=True)
-            try:
-                if not may(_read_lease(fd)):
-                    return False
-                _write_lease(fd, f"{owner}\n{time.time() + ttl}".encode())
-                return True
-            finally:
-                os.close(fd)
+            return self._swap_held_lease(folder, owner, ttl, may)
         finally:
             self._unlock(run_id, lock)
+
+    def _swap_held_lease(
+        self, folder: str, owner: str, ttl: float, may: Callable[[tuple[str, float] | None], bool]
+    ) -> bool:
+        """``_swap_lease`` with the run's lock held."""
+        fd = self._lease_file(folder, create=True)
+        try:
+            if not may(_read_lease(fd)):
+                return False
+            _write_lease(fd, f"{owner}\n{time.time() + ttl}".encode())
+            return True
+        finally:
+            os.close(fd)
 
     def release_lease(self, run_id: str, owner: str) -> None:
         if not os.path.isdir(self._folder(run_id)):
             return
         lock, folder = self._lock(run_id)
         try:
-            try:
-                fd = self._lease_file(folder, create=False)
-            except FileNotFoundError:
-                return
-            try:
-                held = _read_lease(fd)
-                if held is not None and held[0] == owner:
-                    _write_lease(fd, b"")  # free
-            finally:
-                os.close(fd)
+            self._release_held_lease(folder, owner)
         finally:
             self._unlock(run_id, lock)
+
+    def _release_held_lease(self, folder: str, owner: str) -> None:
+        """``release_lease`` with the run's lock held."""
+        try:
+            fd = self._lease_file(folder, create=False)
+        except FileNotFoundError:
+            return
+        try:
+            held = _read_lease(fd)
+            if held is not None and held[0] == owner:
+                _write_lease(fd, b"")  # free
+        finally:
+            os.close(fd)
 
     # -- visibility and retention ------------------------------------------
 
@@ -881,16 +971,21 @@ class FSBackend(Backend):
         """
         lock, folder = self._lock(run_id)
         try:
-            slots = [_read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
-            numbers = [slot[0] if slot is not None else -1 for slot in slots]
-            target = numbers.index(min(numbers))  # slot 0 first: list_runs looks for it
-            fd = os.open(os.path.join(folder, _INFO_SLOTS[target]), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                _pwrite_all(fd, frame(_SEQUENCE.pack(max(numbers) + 1) + info), 0)
-            finally:
-                os.close(fd)
+            self._write_info(folder, info)
         finally:
             self._unlock(run_id, lock)
+
+    @staticmethod
+    def _write_info(folder: str, info: bytes) -> None:
+        """``write_info`` with the run's lock held."""
+        slots = [_read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
+        numbers = [slot[0] if slot is not None else -1 for slot in slots]
+        target = numbers.index(min(numbers))  # slot 0 first: list_runs looks for it
+        fd = os.open(os.path.join(folder, _INFO_SLOTS[target]), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            _pwrite_all(fd, frame(_SEQUENCE.pack(max(numbers) + 1) + info), 0)
+        finally:
+            os.close(fd)
 
     def read_info(self, run_id: str) -> bytes | None:
         folder = self._folder(run_id)
@@ -923,7 +1018,7 @@ class FSBackend(Backend):
             for pointer in path.glob("due.*"):
                 entry = _read_pointer(str(pointer))
                 if entry:
-                    self._remove_entry(Path(entry))
+                    self._remove_entry(entry)
             graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"
             os.rename(path, graveyard)
             self._tails.pop(run_id, None)
