@@ -66,11 +66,12 @@ class Conductor:
         started = ev.RunStarted(message_id=START_ID, workflow=workflow.name, queue=workflow.queue, args=call)
         summary = post_start(self.backend, run_id, started, fresh=fresh)
         self._wake_workers()
-        return RunHandle(self, run_id, summary.queue)
+        return RunHandle(self, run_id, summary.queue, summary.created_at)
 
     def get(self, run_id: str) -> RunHandle:
         """The handle of an existing run; ``RunNotFound`` if there is none."""
-        return RunHandle(self, run_id, self.summary(run_id).queue)
+        summary = self.summary(run_id)
+        return RunHandle(self, run_id, summary.queue, summary.created_at)
 
     def list_runs(
         self,
@@ -159,11 +160,11 @@ class Conductor:
             self._generation += 1
             self._changed.notify_all()
 
-    def _kept_end(self, run_id: str, summary: Summary) -> ev.Record | None:
-        """The end a worker of this conductor recorded for this run (the same start time), if kept."""
+    def _kept_end(self, run_id: str, created_at: float) -> ev.Record | None:
+        """The end a worker of this conductor recorded for the run started at ``created_at``, if kept."""
         with self._changed:
             ended = self._ends.get(run_id)
-        return ended.record if ended is not None and ended.created_at == summary.created_at else None
+        return ended.record if ended is not None and ended.created_at == created_at else None
 
     def _wait_until(self, done: Callable[[], bool], timeout: float | None) -> bool:
         """Wait until ``done()``, woken by local turns and polling for remote ones."""
@@ -209,10 +210,11 @@ _RECORD_BASE = {f.name for f in dataclasses.fields(ev.Record)}
 class RunHandle:
     """One run: send it events, cancel it, read its status, result and history."""
 
-    def __init__(self, conductor: Conductor, run_id: str, queue: str) -> None:
+    def __init__(self, conductor: Conductor, run_id: str, queue: str, created_at: float) -> None:
         self._conductor = conductor
         self.id = run_id
         self._queue = queue
+        self._created_at = created_at  # tells this run's end from that of a later run under the same id
 
     def __repr__(self) -> str:
         return f"RunHandle({self.id!r})"
@@ -252,15 +254,22 @@ class RunHandle:
         Raises ``RunFailed``, ``RunCancelled`` or ``RunReverted`` if it ended so, and
         ``TimeoutError`` if it has not finished within ``timeout`` seconds.
         """
-        latest: list[Summary] = []
+        ends: list[ev.Record] = []
 
         def finished() -> bool:
-            latest[:] = [self._conductor.summary(self.id)]
-            return latest[0].status.finished
+            # an end a worker of this process recorded needs no read; others are found through the summary
+            kept = self._conductor._kept_end(self.id, self._created_at)
+            if kept is None:
+                summary = self._conductor.summary(self.id)
+                if not summary.status.finished:
+                    return False
+                kept = self._end(summary)
+            ends.append(kept)
+            return True
 
         if not self._conductor._wait_until(finished, timeout):
             raise TimeoutError(f"run {self.id!r} has not finished within {timeout}s")
-        end = self._end(latest[0])
+        end = ends[0]
         if isinstance(end, ev.RunCompleted):
             return self._conductor.codec.decode(end.value)
         if isinstance(end, ev.RunFailed):
@@ -296,7 +305,7 @@ class RunHandle:
 
         In the log, it is at the version the summary names, else found by the log's version.
         """
-        kept = self._conductor._kept_end(self.id, summary)
+        kept = self._conductor._kept_end(self.id, summary.created_at)
         if kept is not None:
             return kept
         backend = self._conductor.backend
