@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlparse, urlunparse
 
@@ -44,6 +44,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from substantial.backends.base import Backend, Claim, Message, Opened, check_run_id
+from substantial.backends.redis_conn import Command, Connections
 from substantial.errors import Conflict
 
 #: A posting marker older than this is taken for the trace of a poster that died.
@@ -68,6 +69,19 @@ return {n, redis.call('LRANGE', KEYS[1], ARGV[1], -1)}
 """
 _POST = """
 if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 1 then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+"""
+# A post (with a summary first: a start) in one step, on a single node: no marker is needed when nothing can
+# happen in between. KEYS: info, runs, queues, inbox, msgs, due. ARGV: the summary ('' for none), the run, the
+# queue, the message's id and body, now, the wake-up channel.
+_DELIVER = """
+if ARGV[1] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[1])
+  redis.call('ZADD', KEYS[2], 0, ARGV[2])
+end
+redis.call('SADD', KEYS[3], ARGV[3])
+if redis.call('HSETNX', KEYS[5], ARGV[4], ARGV[5]) == 1 then redis.call('RPUSH', KEYS[4], ARGV[4]) end
+redis.call('ZADD', KEYS[6], ARGV[6], ARGV[2])
+redis.call('PUBLISH', ARGV[7], ARGV[2])
 """
 _TAKE = """
 local ids = redis.call('LRANGE', KEYS[1], 0, -1)
@@ -206,6 +220,7 @@ class RedisBackend(Backend):
                 "replace": _REPLACE,
                 "read": _READ,
                 "post": _POST,
+                "deliver": _DELIVER,
                 "take": _TAKE,
                 "ack": _ACK,
                 "mark_due": _MARK_DUE,
@@ -220,6 +235,9 @@ class RedisBackend(Backend):
         }
         #: One node runs a pipeline's commands in the order sent; a cluster splits it between nodes.
         self._one_node = not isinstance(self._r, RedisCluster)
+        #: A single node's hot path goes through connections of its own (see redis_conn.py); a cluster's through
+        #: the client, which routes each command to its slot's node.
+        self._conns = None if isinstance(self._r, RedisCluster) else Connections(self._r.connection_pool)
         self._known_queues: set[str] = set()
         #: One pub/sub connection per waiting thread and queue set: a connection is not thread-safe.
         self._pubsubs: dict[tuple[int, tuple[str, ...]], Any] = {}
@@ -259,49 +277,56 @@ class RedisBackend(Backend):
             self._r.sadd(f"{self.prefix}:queues", queue)
             self._known_queues.add(queue)
 
-    def _pipelined(self, queue_commands: Callable[[Any], None]) -> list[Any]:
-        """Send the commands ``queue_commands`` puts on a pipeline in one round trip (a single node only).
+    def _pipelined(self, commands: Sequence[Command]) -> list[Any]:
+        """Send ``commands`` in one round trip and return their replies (a single node only).
 
-        Scripts go by ``EVALSHA`` without redis-py's ``SCRIPT EXISTS`` check
-        before each pipeline; if the server lost them (a restart, a flush),
-        they are loaded and the whole pipeline is sent again, so every caller
-        must be safe to repeat.
+        Scripts go by ``EVALSHA`` without redis-py's ``SCRIPT EXISTS`` check;
+        if the server lost them (a restart, a flush), they are loaded and all
+        the commands are sent again, so every caller must be safe to repeat.
         """
-        results = self._send(queue_commands)
+        assert self._conns is not None
+        results = self._conns.exchange(commands)
         if any(isinstance(r, NoScriptError) for r in results):
-            loader = self._r.pipeline(transaction=False)
-            for script in self._scripts.values():
-                loader.script_load(script.script)
-            loader.execute()
-            results = self._send(queue_commands)
+            self._raise_any(self._conns.exchange([("SCRIPT", "LOAD", s.script) for s in self._scripts.values()]))
+            results = self._conns.exchange(commands)
+        self._raise_any(results)
+        return results
+
+    @staticmethod
+    def _raise_any(results: list[Any]) -> None:
         for result in results:
             if isinstance(result, Exception):
                 raise result
-        return results
 
-    def _send(self, queue_commands: Callable[[Any], None]) -> list[Any]:
-        pipe = self._r.pipeline(transaction=False)
-        queue_commands(pipe)
-        results: list[Any] = pipe.execute(raise_on_error=False)
-        return results
+    def _script(self, name: str, keys: Sequence[str], args: Sequence[Any] = ()) -> Any:
+        """Run one of the scripts: on a single node by ``EVALSHA`` on its own connections, else through the client."""
+        if self._conns is None:
+            return self._scripts[name](keys=keys, args=args)
+        return self._pipelined([self._evalsha(name, keys, args)])[0]
 
-    def _evalsha(self, pipe: Any, name: str, keys: Sequence[str], args: Sequence[Any]) -> None:
-        pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+    def _command(self, *command: Any) -> Any:
+        """One command: on a single node on its own connections, else through the client (to the key's node)."""
+        if self._conns is None:
+            return self._r.execute_command(*command)  # type: ignore[no-untyped-call,unused-ignore]
+        return self._pipelined([command])[0]
+
+    def _evalsha(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Command:
+        return ("EVALSHA", self._scripts[name].sha, len(keys), *keys, *args)
 
     # -- the log -----------------------------------------------------------
 
     def read_log(self, run_id: str, after: int = 0) -> tuple[list[bytes], int]:
-        version, records = self._scripts["read"](keys=[self._run_key(run_id, "log")], args=[after])
+        version, records = self._script("read", [self._run_key(run_id, "log")], [after])
         return list(records), int(version)
 
     def append_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
-        ok, version = self._scripts["append"](keys=[self._run_key(run_id, "log")], args=[expected_version, *records])
+        ok, version = self._script("append", [self._run_key(run_id, "log")], [expected_version, *records])
         if not ok:
             raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
         return int(version)
 
     def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
-        ok, version = self._scripts["replace"](keys=[self._run_key(run_id, "log")], args=[expected_version, *records])
+        ok, version = self._script("replace", [self._run_key(run_id, "log")], [expected_version, *records])
         if not ok:
             raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
         return int(version)
@@ -313,10 +338,11 @@ class RedisBackend(Backend):
 
         The marker and the due entry live in the queue's slot, the message in
         the run's: a poster that dies after the marker leaves it, and a poll
-        that finds an old marker marks its run due.
+        that finds an old marker marks its run due. On a single node, all of
+        it is one script, and no marker is needed.
         """
         if self._one_node:
-            self._pipelined(lambda pipe: self._post_commands(pipe, queue, run_id, message))
+            self._deliver(queue, run_id, message, b"")
             return
         marker = f"{check_run_id(run_id)}\n{check_run_id(message.id)}"
         posting, due = self._queue_key(queue, "posting"), self._queue_key(queue, "due")
@@ -324,71 +350,67 @@ class RedisBackend(Backend):
         channel = f"{self.prefix}:wake:{queue}"
         self._note_queue(queue)
         self._r.zadd(posting, {marker: time.time()})
-        self._scripts["post"](keys=[inbox, msgs], args=[message.id, message.body])
-        self._scripts["mark_due"](keys=[due, posting], args=[time.time(), run_id, marker])
+        self._script("post", [inbox, msgs], [message.id, message.body])
+        self._script("mark_due", [due, posting], [time.time(), run_id, marker])
         self._r.publish(channel, run_id)
 
-    def _post_commands(self, pipe: Any, queue: str, run_id: str, message: Message) -> None:
-        """``post`` on a single node's pipeline, in the order of the cluster's round trips."""
-        marker = f"{check_run_id(run_id)}\n{check_run_id(message.id)}"
-        posting, due = self._queue_key(queue, "posting"), self._queue_key(queue, "due")
-        pipe.sadd(f"{self.prefix}:queues", queue)
-        pipe.zadd(posting, {marker: time.time()})
-        inbox, msgs = self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")
-        self._evalsha(pipe, "post", [inbox, msgs], [message.id, message.body])
-        self._evalsha(pipe, "mark_due", [due, posting], [time.time(), run_id, marker])
-        pipe.publish(f"{self.prefix}:wake:{queue}", run_id)
+    def _deliver(self, queue: str, run_id: str, message: Message, info: bytes) -> None:
+        """A single node's post, after writing the summary ``info`` unless empty: one script."""
+        keys = [self._run_key(run_id, "info"), f"{self.prefix}:runs", f"{self.prefix}:queues"]
+        keys += [self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs"), self._queue_key(queue, "due")]
+        args = [info, run_id, queue, check_run_id(message.id), message.body, time.time(), f"{self.prefix}:wake:{queue}"]
+        self._script("deliver", keys, args)
 
     def take_inbox(self, run_id: str) -> list[Message]:
-        found = self._scripts["take"](keys=[self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")])
+        found = self._script("take", [self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")])
         return _messages(*found) if found else []
 
     def ack(self, run_id: str, ids: Iterable[str]) -> None:
         ids = [check_run_id(i) for i in ids]
         if ids:
-            self._scripts["ack"](keys=[self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")], args=ids)
+            self._script("ack", [self._run_key(run_id, "inbox"), self._run_key(run_id, "msgs")], ids)
 
     # -- the due index -----------------------------------------------------
 
     def schedule(self, queue: str, run_id: str, due_at: float) -> None:
         self._note_queue(queue)
-        self._r.zadd(self._queue_key(queue, "due"), {check_run_id(run_id): due_at})
+        self._command("ZADD", self._queue_key(queue, "due"), due_at, check_run_id(run_id))
 
     def unschedule(self, queue: str, run_id: str) -> None:
-        self._r.zrem(self._queue_key(queue, "due"), check_run_id(run_id))
+        self._command("ZREM", self._queue_key(queue, "due"), check_run_id(run_id))
 
     def due(self, queue: str, now: float, limit: int) -> list[str]:
         keys = [self._queue_key(queue, "due"), self._queue_key(queue, "posting")]
-        runs = self._scripts["due"](keys=keys, args=[now, now - POSTING_GRACE, limit])
+        runs = self._script("due", keys, [now, now - POSTING_GRACE, limit])
         return [r.decode() for r in runs]
 
     # -- leases --------------------------------------------------------------
 
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        return bool(self._scripts["acquire"](keys=[self._run_key(run_id, "lease")], args=[owner, int(ttl * 1000)]))
+        return bool(self._script("acquire", [self._run_key(run_id, "lease")], [owner, int(ttl * 1000)]))
 
     def renew_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        return bool(self._scripts["renew"](keys=[self._run_key(run_id, "lease")], args=[owner, int(ttl * 1000)]))
+        return bool(self._script("renew", [self._run_key(run_id, "lease")], [owner, int(ttl * 1000)]))
 
     def release_lease(self, run_id: str, owner: str) -> None:
-        self._scripts["release"](keys=[self._run_key(run_id, "lease")], args=[owner])
+        self._script("release", [self._run_key(run_id, "lease")], [owner])
 
     # -- visibility and retention ------------------------------------------
 
     def write_info(self, run_id: str, info: bytes) -> None:
         if self._one_node:
-            self._pipelined(lambda pipe: self._info_commands(pipe, run_id, info))
+            self._pipelined(self._info_commands(run_id, info))
             return
         self._r.set(self._run_key(run_id, "info"), info)
         self._r.zadd(f"{self.prefix}:runs", {run_id: 0})
 
-    def _info_commands(self, pipe: Any, run_id: str, info: bytes) -> None:
-        """``write_info`` on a single node's pipeline: in this order, as on a cluster, a listed run has its summary."""
-        pipe.set(self._run_key(run_id, "info"), info)
-        pipe.zadd(f"{self.prefix}:runs", {run_id: 0})
+    def _info_commands(self, run_id: str, info: bytes) -> list[Command]:
+        """``write_info`` in one round trip on a single node: in this order, as on a cluster, a listed run has its
+        summary."""
+        return [("SET", self._run_key(run_id, "info"), info), ("ZADD", f"{self.prefix}:runs", 0, run_id)]
 
     def read_info(self, run_id: str) -> bytes | None:
-        value = self._r.get(self._run_key(run_id, "info"))
+        value = self._command("GET", self._run_key(run_id, "info"))
         return _bytes(value) if value is not None else None
 
     def list_runs(self, *, after: str | None = None, limit: int = 100) -> list[str]:
@@ -416,16 +438,11 @@ class RedisBackend(Backend):
     # -- a turn's operations together ----------------------------------------
 
     def start_run(self, queue: str, run_id: str, info: bytes, message: Message) -> None:
-        """One round trip on a single node (the summary's commands, then the post's)."""
+        """One script on a single node (the summary, then the post)."""
         if not self._one_node:
             super().start_run(queue, run_id, info, message)
             return
-
-        def commands(pipe: Any) -> None:
-            self._info_commands(pipe, run_id, info)
-            self._post_commands(pipe, queue, run_id, message)
-
-        self._pipelined(commands)
+        self._deliver(queue, run_id, message, info)
 
     def claim_due(
         self, queue: str, now: float, owner: str, ttl: float, *, limit: int, scan: int, skip: Collection[str] = ()
@@ -434,7 +451,7 @@ class RedisBackend(Backend):
         if not self._one_node:
             return super().claim_due(queue, now, owner, ttl, limit=limit, scan=scan, skip=skip)
         keys, args = self._claim_call(queue, now, owner, Claim(ttl, limit, scan, skip))
-        return [_text(run) for run in self._scripts["claim"](keys=keys, args=args)]
+        return [_text(run) for run in self._script("claim", keys, args)]
 
     def _claim_call(
         self, queue: str, now: float, owner: str, claim: Claim, recheck: str = ""
@@ -449,7 +466,7 @@ class RedisBackend(Backend):
     def open_turn(self, run_id: str, after: int = 0) -> Opened:
         """One script: every key it reads is in the run's slot, on a cluster too."""
         keys = [self._run_key(run_id, part) for part in ("inbox", "msgs", "log", "info")]
-        ids, bodies, version, records, info = self._scripts["open"](keys=keys, args=[after])
+        ids, bodies, version, records, info = self._script("open", keys, [after])
         return Opened(_messages(ids, bodies), list(records), int(version), None if info is None else _bytes(info))
 
     def close_turn(
@@ -489,7 +506,7 @@ class RedisBackend(Backend):
         _, claim_args = self._claim_call(queue, time.time(), owner, claim, recheck=run_id if recheck else "")
         head: list[Any] = [expected_version, len(records), "0" if info is None else "1", info or b"", run_id]
         head += ["" if due_at is None else due_at, owner, len(ack)]
-        ok, result = self._scripts["close"](keys=keys, args=[*head, *records, *map(check_run_id, ack), *claim_args])
+        ok, result = self._script("close", keys, [*head, *records, *map(check_run_id, ack), *claim_args])
         if not ok:
             raise Conflict(f"run {run_id!r}: log is at version {result}, not {expected_version}")
         return [_text(run) for run in result]
@@ -516,4 +533,6 @@ class RedisBackend(Backend):
             pubsubs, self._pubsubs = list(self._pubsubs.values()), {}
         for pubsub in pubsubs:
             pubsub.close()
+        if self._conns is not None:
+            self._conns.close()
         self._r.close()
