@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from concurrent.futures import Future
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ import pytest
 from substantial import Conductor, Context, workflow
 from substantial import events as ev
 from substantial.backends import MemoryBackend
+from substantial.worker import _Turn
 
 STEPS = 20
 
@@ -168,3 +170,22 @@ def test_a_thread_goes_on_with_the_run_its_turns_close_claimed_without_the_polle
     # the poller's first claim takes one run (one thread); each turn's close claims the next; the last
     # turn's claims nothing and wakes the poller, which finds nothing either
     assert backend.calls["claim_due"] <= 3
+
+
+def test_a_run_whose_turn_lets_its_lease_go_is_not_taken_for_a_lost_lease() -> None:
+    # between a close that released the lease and the turn's end, the run is still in flight: the lease
+    # thread must not warn of a lost lease then, nor for a run whose turns are over
+    worker = conductor_on(CountingBackend()).run(1, poll_interval=30)
+    try:
+        turn = _Turn(worker, "default", "r")
+        with worker._lock:
+            worker._in_flight["r"] = Future()
+            worker._turns["r"] = turn
+        assert worker._holds("r")
+        turn.letting_go = True
+        assert not worker._holds("r")
+        with worker._lock:
+            del worker._in_flight["r"], worker._turns["r"]
+        assert not worker._holds("r")
+    finally:
+        worker.stop()

@@ -293,9 +293,10 @@ class Worker:
                     log.exception("renewing the lease of run %s failed", run_id)
 
     def _holds(self, run_id: str) -> bool:
-        """Whether a turn of the run is still in flight (one that ended has let its lease go)."""
+        """Whether a turn of the run is in flight and keeps its lease (one letting it go, or that ended, does not)."""
         with self._lock:
-            return run_id in self._in_flight
+            turn = self._turns.get(run_id)
+            return run_id in self._in_flight and (turn is None or not turn.letting_go)
 
     # -- one turn ------------------------------------------------------------
 
