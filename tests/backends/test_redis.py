@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -201,3 +202,19 @@ def test_a_post_after_the_server_lost_its_scripts_loads_them_and_completes(redis
     assert client.zcard(f"{backend.prefix}:{{q:q}}:posting") == 0  # no post left its marker
     backend.close()
     client.close()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Python 3.12 warns of a fork in a threaded process
+def test_a_forked_child_uses_connections_of_its_own(redis_url: str) -> None:
+    # a child sharing its parent's socket would read the parent's replies (gunicorn forks after imports)
+    backend = RedisBackend.from_url(f"{redis_url}?prefix=t{uuid.uuid4().hex[:8]}")
+    backend.write_info("parent", b"p")  # the parent now holds an idle connection
+    pid = os.fork()
+    if pid == 0:  # the child: its answers must be its own, over 200 calls
+        ok = all(backend.read_info("parent") == b"p" and backend.read_info("none") is None for _ in range(200))
+        os._exit(0 if ok else 1)
+    for _ in range(200):
+        assert backend.read_info("parent") == b"p"
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    backend.close()
