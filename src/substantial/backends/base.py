@@ -229,9 +229,12 @@ class Backend(ABC):
         if recheck and self.take_inbox(run_id):
             self.schedule(queue, run_id, time.time())
         self.release_lease(run_id, owner)
-        if then_claim is None:
+        return self._claim_next(queue, owner, then_claim)
+
+    def _claim_next(self, queue: str, owner: str, claim: Claim | None) -> list[str]:
+        """A close's claim of the queue's next due runs (``claim_due``); none without a ``Claim``."""
+        if claim is None:
             return []
-        claim = then_claim
         return self.claim_due(queue, time.time(), owner, claim.ttl, limit=claim.limit, scan=claim.scan, skip=claim.skip)
 
     # -- wake-up -------------------------------------------------------------

@@ -835,10 +835,7 @@ class FSBackend(Backend):
             self._release_held_lease(folder, owner)
         finally:
             self._unlock(run_id, lock)
-        if then_claim is None:
-            return []
-        claim = then_claim
-        return self.claim_due(queue, time.time(), owner, claim.ttl, limit=claim.limit, scan=claim.scan, skip=claim.skip)
+        return self._claim_next(queue, owner, then_claim)
 
     @staticmethod
     def _has_mail(folder: str) -> bool:
