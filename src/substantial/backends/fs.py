@@ -301,6 +301,12 @@ def _read_pointer(path: str) -> str | None:
     return record.decode() or None
 
 
+def _split_entry(entry: str) -> tuple[str, str]:
+    """A due entry's path as (its due time in ms, the run's folder name), as ``_entry`` names it."""
+    due_ms, _, name = os.path.basename(entry).partition("-")
+    return due_ms, name
+
+
 def _lease_free(held: tuple[str, float] | None) -> bool:
     """Whether a lease may be taken: none is held, or it expired (a lease is taken once, even by its owner)."""
     return held is None or held[1] <= time.time()
@@ -733,7 +739,7 @@ class FSBackend(Backend):
 
     def _live_entry(self, queue: str, entry: str, now: float) -> str | None:
         """The run of a due entry, or None (and the entry removed) if its run moved on."""
-        due_ms, _, name = os.path.basename(entry).partition("-")
+        due_ms, name = _split_entry(entry)
         if not os.path.isdir(os.path.join(self._runs, name)):
             # no folder: its run was deleted, or start_run is renaming it into place (the entry comes first)
             if int(due_ms) < (now - POSTING_GRACE) * 1000:
@@ -773,7 +779,7 @@ class FSBackend(Backend):
         for entry in self._due_entries(queue, now):
             if len(claimed) >= limit or len(seen) >= scan:
                 break
-            name = os.path.basename(entry).partition("-")[2]
+            name = _split_entry(entry)[1]
             if not name.startswith("~") and (run_id := _run_id_of(name)) in skip:
                 seen.add(run_id)
                 continue
@@ -796,7 +802,7 @@ class FSBackend(Backend):
             named = _read_pointer(os.path.join(folder, f"due.{queue}"))
             if named is None:
                 return False
-            due_ms = os.path.basename(named).partition("-")[0]
+            due_ms = _split_entry(named)[0]
             if due_ms.isdigit() and int(due_ms) > now * 1000:
                 return False
             return self._swap_held_lease(folder, owner, ttl, _lease_free)
