@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -497,3 +497,91 @@ def test_a_start_makes_five_fsyncs(fs: FSBackend, monkeypatch: pytest.MonkeyPatc
         if int(time.time() // 60) == minute:
             break
     assert len(calls) == 5  # message, inbox folder, run folder, due entry's bucket, runs folder
+
+
+def _checks(fs: FSBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The due entries a claim reads (``_live_entry``), recorded as it goes."""
+    read: list[str] = []
+    real = fs._live_entry
+
+    def live_entry(queue: str, entry: str, now: float) -> str | None:
+        read.append(entry)
+        return real(queue, entry, now)
+
+    monkeypatch.setattr(fs, "_live_entry", live_entry)
+    return read
+
+
+def test_a_claim_passes_over_the_runs_this_client_leased_without_reading_them(
+    fs: FSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = time.time()
+    for run_id in ("a", "b"):
+        fs.schedule("q", run_id, now - 1)
+    assert fs.claim_due("q", time.time(), "w1", 30, limit=1, scan=10) == ["a"]
+    read = _checks(fs, monkeypatch)
+    assert fs.claim_due("q", time.time(), "w2", 30, limit=1, scan=10) == ["b"]
+    assert [os.path.basename(e).partition("-")[2] for e in read] == ["b"]  # "a" is leased here: not read
+    fs.release_lease("a", "w1")
+    assert fs.claim_due("q", time.time(), "w2", 30, limit=1, scan=10) == ["a"]  # let go: free again
+
+
+def test_a_lease_this_client_holds_is_claimed_once_it_expires(fs: FSBackend) -> None:
+    fs.schedule("q", "a", time.time() - 1)
+    assert fs.claim_due("q", time.time(), "w1", 0.05, limit=1, scan=10) == ["a"]
+    assert fs.claim_due("q", time.time(), "w2", 30, limit=1, scan=10) == []
+    deadline = time.monotonic() + 10
+    while fs.claim_due("q", time.time(), "w2", 30, limit=1, scan=10) != ["a"]:
+        assert time.monotonic() < deadline, "an expired lease was never claimed"
+        time.sleep(0.01)
+
+
+def test_a_claim_passes_over_an_entry_removed_after_its_listing_and_finds_one_made_again(
+    fs: FSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    due = time.time() - 1
+    for run_id in ("a", "b"):
+        fs.schedule("q", run_id, due)
+    listed = list(fs._due_entries("q", time.time()))
+    real_walk = fs._due_entries
+
+    def walk_then_remove(queue: str, now: float) -> Iterator[str]:
+        fs.unschedule("q", "a")  # a close of this client, after the walk began and its listing was taken
+        yield from listed
+
+    monkeypatch.setattr(fs, "_due_entries", walk_then_remove)
+    read = _checks(fs, monkeypatch)
+    assert fs.claim_due("q", time.time(), "w", 30, limit=2, scan=10) == ["b"]
+    assert read == [listed[1]]  # a's entry, removed here after the listing, is not read
+    monkeypatch.setattr(fs, "_due_entries", real_walk)
+    fs.release_lease("b", "w")
+    fs.schedule("q", "a", due)  # the same entry, made again: the next claim takes it
+    assert fs.claim_due("q", time.time(), "w", 30, limit=2, scan=10) == ["a", "b"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_reads_the_leases_its_parent_took(fs: FSBackend) -> None:
+    """The parent may let a lease go without the child's copy of its memory knowing."""
+    fs.schedule("q", "a", time.time() - 1)
+    assert fs.claim_due("q", time.time(), "parent", 30, limit=1, scan=10) == ["a"]
+    done_read, done_write = os.pipe()
+    go_read, go_write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with other threads alive (3.12)
+        pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            os.read(go_read, 1)
+            claimed = fs.claim_due("q", time.time(), "child", 30, limit=1, scan=10)
+            os.write(done_write, b"y" if claimed == ["a"] else b"n")
+        finally:
+            os._exit(0)
+    try:
+        fs.release_lease("a", "parent")
+        os.write(go_write, b"x")
+        assert select.select([done_read], [], [], 10)[0] == [done_read]
+        assert os.read(done_read, 1) == b"y"
+    finally:
+        os.waitpid(pid, 0)
+        for fd in (go_read, go_write, done_read, done_write):
+            os.close(fd)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import itertools
 import os
 import struct
 import threading
@@ -67,6 +68,7 @@ _POINTER_READ = 4_160  # a due pointer holds one path (PATH_MAX is 4,096) in a f
 #: How many runs' lock files a client keeps open when no thread holds them (the runs it used last).
 OPEN_LOCKS = 128
 _FOLDER_NAMES = 4096  # run id -> folder, remembered for the hot paths
+_REMOVED_KEPT = 4096  # due entries removed, remembered so a claim passes them over
 
 
 def run_dir_name(run_id: str) -> str:
@@ -161,12 +163,18 @@ class _RunLock:
 
 
 class _LockTable:
-    """The run locks of one client; at most ``size`` idle ones stay open, the least recently used go first."""
+    """The run locks of one client; at most ``size`` idle ones stay open, the least recently used go first.
+
+    ``leased`` holds the expiry of each lease this client wrote and has not
+    let go, by run folder name: until then the lease file says the same, so a
+    claim passes such a run without reading it (see ``claim_due``).
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.guard = threading.Lock()
         self.locks: OrderedDict[str, _RunLock] = OrderedDict()
+        self.leased: dict[str, float] = {}
         _TABLES.add(self)
 
     def take(self, run_id: str) -> _RunLock:
@@ -223,6 +231,7 @@ class _LockTable:
         for lock in self.locks.values():
             lock.close()
         self.locks = OrderedDict()
+        self.leased = {}  # the parent's: it may let them go without this copy knowing
 
 
 _TABLES: weakref.WeakSet[_LockTable] = weakref.WeakSet()
@@ -347,6 +356,10 @@ class FSBackend(Backend):
         self._locks = _LockTable(open_locks)
         self._closer = weakref.finalize(self, self._locks.close)
         self._tails: dict[str, tuple[bytes, int, int]] = {}  # run -> (log file id, version, offset)
+        # due entries this client removed, numbered in order (see claim_due)
+        self._removed: dict[str, int] = {}
+        self._numbers = itertools.count()
+        self._claims = threading.Lock()
         self._folders: dict[str, str] = {}
 
     # -- files -------------------------------------------------------------
@@ -668,6 +681,9 @@ class FSBackend(Backend):
             self._sync_dir(Path(folder))
 
     def _remove_entry(self, entry: str) -> None:
+        if len(self._removed) >= _REMOVED_KEPT:
+            self._removed.clear()
+        self._removed[entry] = next(self._numbers)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry)
         folder = entry
@@ -772,16 +788,33 @@ class FSBackend(Backend):
         self, queue: str, now: float, owner: str, ttl: float, *, limit: int, scan: int, skip: Collection[str] = ()
     ) -> list[str]:
         """As ``due`` then ``acquire_lease``, but lazily: an entry of a run in ``skip`` is counted and not
-        checked, and the walk stops once ``limit`` runs are leased."""
+        checked, and the walk stops once ``limit`` runs are leased.
+
+        An entry this client removed after the walk began is passed over
+        unread: the listing may predate the removal. (Made again since, it
+        is found by the next claim.)
+        """
+        with self._claims:
+            return self._claim_due(queue, now, owner, ttl, limit=limit, scan=scan, skip=skip)
+
+    def _claim_due(
+        self, queue: str, now: float, owner: str, ttl: float, *, limit: int, scan: int, skip: Collection[str]
+    ) -> list[str]:
         self._recover_posts(queue, now)
         claimed: list[str] = []
         seen: set[str] = set()
+        began = next(self._numbers)
         for entry in self._due_entries(queue, now):
             if len(claimed) >= limit or len(seen) >= scan:
                 break
+            if self._removed.get(entry, -1) > began:
+                continue
             name = _split_entry(entry)[1]
             if not name.startswith("~") and (run_id := _run_id_of(name)) in skip:
                 seen.add(run_id)
+                continue
+            if self._locks.leased.get(name, 0.0) > now:  # leased by this client: not free, nothing to read
+                seen.add(name)
                 continue
             live = self._live_entry(queue, entry, now)
             if live is None or live in seen:  # listed mid-move: old and new entry
@@ -934,7 +967,9 @@ class FSBackend(Backend):
         try:
             if not may(_read_lease(fd)):
                 return False
-            _write_lease(fd, f"{owner}\n{time.time() + ttl}".encode())
+            expiry = time.time() + ttl
+            _write_lease(fd, f"{owner}\n{expiry}".encode())
+            self._locks.leased[os.path.basename(folder)] = expiry
             return True
         finally:
             os.close(fd)
@@ -958,6 +993,7 @@ class FSBackend(Backend):
             held = _read_lease(fd)
             if held is not None and held[0] == owner:
                 _write_lease(fd, b"")  # free
+                self._locks.leased.pop(os.path.basename(folder), None)
         finally:
             os.close(fd)
 
@@ -1025,6 +1061,7 @@ class FSBackend(Backend):
             graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"
             os.rename(path, graveyard)
             self._tails.pop(run_id, None)
+            self._locks.leased.pop(path.name, None)
         self._locks.forget(run_id)
         _remove_tree(graveyard)
 
