@@ -130,7 +130,8 @@ def parse(data: bytes, start: int, run_id: str) -> tuple[list[bytes], int]:
     return records, offset
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_path(path: Path) -> None:
+    """fsync a folder, or a file written earlier, through a descriptor of its own."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -385,17 +386,17 @@ class FSBackend(Backend):
             if path.name.startswith("~"):
                 self._write(path / "id", run_id.encode())
             (path / "inbox").mkdir(exist_ok=True)
-            self._sync_dir(path)  # the inbox's entry: a message in it is durable only with it
-            self._sync_dir(self._runs)
+            self._sync_path(path)  # the inbox's entry: a message in it is durable only with it
+            self._sync_path(self._runs)
         return path
 
     def _sync(self, fd: int) -> None:
         if self._fsync:
             os.fsync(fd)
 
-    def _sync_dir(self, path: Path) -> None:
+    def _sync_path(self, path: Path) -> None:
         if self._fsync:
-            _fsync_dir(path)
+            _fsync_path(path)
 
     def _write(self, path: Path, data: bytes, *, durable: bool = True) -> None:
         """Replace ``path`` atomically: write a temporary file, fsync it, rename it into place."""
@@ -411,7 +412,7 @@ class FSBackend(Backend):
             os.unlink(tmp)
             raise
         if durable:
-            self._sync_dir(path.parent)
+            self._sync_path(path.parent)
 
     @staticmethod
     def _read(path: Path) -> bytes | None:
@@ -550,7 +551,7 @@ class FSBackend(Backend):
         finally:
             os.close(fd)
         if created:
-            self._sync_dir(Path(folder))
+            self._sync_path(Path(folder))
         self._tails[run_id] = (file_id, version + len(records), offset + len(data))
         return version + len(records)
 
@@ -638,8 +639,9 @@ class FSBackend(Backend):
         if old:
             self._remove_entry(old)
 
-    def _create_entry(self, entry: Path) -> None:
-        """An empty file (its name holds the run's folder name), made durable before a pointer names it."""
+    def _create_entry(self, entry: Path, *, durable: bool = True) -> None:
+        """An empty file (its name holds the run's folder name), made durable (unless not ``durable``: then
+        by the caller) before a pointer names it."""
         while True:
             try:
                 os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
@@ -648,7 +650,8 @@ class FSBackend(Backend):
                 pass
             with contextlib.suppress(FileNotFoundError):  # another run's move removed an empty bucket: again
                 self._make_buckets(entry.parent)
-        self._sync_dir(entry.parent)  # not empty now: no one removes it
+        if durable:
+            self._sync_path(entry.parent)  # not empty now: no one removes it
 
     def _make_buckets(self, bucket: Path) -> None:
         """Make the missing folders down to ``bucket``, each made durable in its parent."""
@@ -659,7 +662,7 @@ class FSBackend(Backend):
         for folder in reversed(missing):
             with contextlib.suppress(FileExistsError):
                 folder.mkdir()
-            self._sync_dir(folder.parent)
+            self._sync_path(folder.parent)
 
     def _write_pointer(self, pointer: str, entry: str, folder: str, *, durable: bool = True) -> None:
         """Write the run's due pointer in place: one framed record, fsync'd (its folder too when new).
@@ -678,7 +681,7 @@ class FSBackend(Backend):
         finally:
             os.close(fd)
         if created and durable:
-            self._sync_dir(Path(folder))
+            self._sync_path(Path(folder))
 
     def _remove_entry(self, entry: str) -> None:
         if len(self._removed) >= _REMOVED_KEPT:
@@ -905,34 +908,40 @@ class FSBackend(Backend):
                 if not os.path.isdir(folder):
                     raise
             else:
-                self._sync_dir(self._runs)
+                self._sync_path(self._runs)
                 return
         super().start_run(queue, run_id, info, message)
 
     def _stage_run(self, staged: Path, run_id: str, queue: str, info: bytes, message: Message) -> None:
-        """The folder of a new run with its summary, start message, due pointer and empty log; then its due entry."""
+        """The folder of a new run with its summary, start message, due pointer and empty log; then its due entry.
+
+        Every file and name is made before the first fsync: a journalling
+        filesystem (ext4, XFS) commits them all in that one, so the fsyncs
+        after it only wait for a flush of the disk's cache.
+        """
         name = os.path.basename(self._folder(run_id))
         entry = self._entry(queue, name, time.time())
         (staged / "inbox").mkdir(parents=True)
+        durable = [staged / "inbox" / message.id]
+        self._write_new(durable[0], _STAMP.pack(time.time_ns()) + message.body)
         if name.startswith("~"):
-            self._write_new(staged / "id", run_id.encode(), durable=True)
-        self._write_new(staged / "inbox" / message.id, _STAMP.pack(time.time_ns()) + message.body, durable=True)
-        self._write_new(staged / _INFO_SLOTS[0], frame(_SEQUENCE.pack(0) + info), durable=False)
+            durable.append(staged / "id")
+            self._write_new(durable[-1], run_id.encode())
+        self._write_new(staged / _INFO_SLOTS[0], frame(_SEQUENCE.pack(0) + info))  # not fsync'd, as write_info
         # not fsync'd: a pointer lost or torn by a crash reads "", which leaves the run's entries live
-        self._write_new(staged / f"due.{queue}", frame(str(entry).encode()), durable=False)
+        self._write_new(staged / f"due.{queue}", frame(str(entry).encode()))
         # an empty log, made durable by the folder's fsync: the first append then fsyncs no folder
-        self._write_new(staged / "log", b"", durable=False)
-        self._sync_dir(staged / "inbox")
-        self._sync_dir(staged)
-        self._create_entry(entry)
+        self._write_new(staged / "log", b"")
+        self._create_entry(entry, durable=False)
+        for path in (*durable, staged / "inbox", staged, entry.parent):
+            self._sync_path(path)
 
-    def _write_new(self, path: Path, data: bytes, *, durable: bool) -> None:
-        """A new file in a folder no one else sees yet: written in place, fsync'd if ``durable``."""
+    @staticmethod
+    def _write_new(path: Path, data: bytes) -> None:
+        """A new file in a folder no one else sees yet, written in place (not fsync'd)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             _pwrite_all(fd, data, 0)
-            if durable:
-                self._sync(fd)
         finally:
             os.close(fd)
 
