@@ -191,6 +191,40 @@ def test_round_trips_per_operation_on_one_node(redis_url: str, monkeypatch: pyte
     backend.close()
 
 
+def test_a_run_just_claimed_opens_with_no_round_trip_and_as_a_fresh_open_would(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = RedisBackend.from_url(f"{redis_url}?prefix=t{uuid.uuid4().hex[:8]}")
+    fresh = RedisBackend(backend._r, prefix=backend.prefix)  # another client: nothing kept from a claim
+    backend.start_run("q", "r", b"summary", Message("start", b"go"))
+    backend.append_log("r", [b"one", b"two"], 0)
+    trips = RoundTrips(monkeypatch)
+    assert backend.claim_due("q", time.time(), "me", 30, limit=1, scan=4) == ["r"]
+    assert trips.of(lambda: backend.open_turn("r", after=2)) == 0
+    backend.claim_due("q", time.time(), "me", 30, limit=1, scan=4, skip={"other"})  # r is leased: not again
+    assert trips.of(lambda: backend.open_turn("r", after=2)) == 1  # used once: a second open reads
+    backend.release_lease("r", "me")
+    assert backend.claim_due("q", time.time(), "me", 30, limit=1, scan=4) == ["r"]
+    peeked = backend.open_turn("r", after=2)
+    assert peeked == fresh.open_turn("r", after=2)
+    assert peeked.messages == [Message("start", b"go")] and peeked.version == 2 and peeked.info == b"summary"
+    backend.release_lease("r", "me")
+    assert backend.claim_due("q", time.time(), "me", 30, limit=1, scan=4) == ["r"]
+    assert trips.of(lambda: backend.open_turn("r", after=0)) == 1  # a log past the version asked: read
+    backend.close()
+
+
+def test_what_a_claim_read_is_not_used_once_stale(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = RedisBackend.from_url(f"{redis_url}?prefix=t{uuid.uuid4().hex[:8]}")
+    backend.start_run("q", "r", b"summary", Message("start", b"go"))
+    assert backend.claim_due("q", time.time(), "me", 30, limit=1, scan=4) == ["r"]
+    backend.ack("r", ["start"])  # written after the claim read the inbox
+    clock = time.monotonic() + 1.5  # later than a claim's reading stands in for an open
+    monkeypatch.setattr(time, "monotonic", lambda: clock)
+    assert backend.open_turn("r").messages == []
+    backend.close()
+
+
 def test_a_post_after_the_server_lost_its_scripts_loads_them_and_completes(redis_url: str) -> None:
     backend = RedisBackend.from_url(f"{redis_url}?prefix=t{uuid.uuid4().hex[:8]}")
     backend.post("q", "r", Message("m1", b"one"))

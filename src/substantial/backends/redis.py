@@ -22,9 +22,10 @@ Round trips: every operation is one, except ``post`` (four on a cluster,
 where its steps go to different nodes in turn; one pipeline on a single
 node, which runs a connection's commands in order), ``write_info`` (two on a
 cluster, one on a node) and ``delete_run`` (two on a node). Of a turn's
-operations together, ``open_turn`` is one script everywhere; ``start_run``,
-``claim_due`` and ``close_turn`` (with its claim of the next runs) are one
-round trip on a single node and the sum of their parts on a cluster.
+operations together, ``open_turn`` is one script everywhere (none on a single
+node after a claim here read it); ``start_run``, ``claim_due`` and
+``close_turn`` (with its claim of the next runs) are one round trip on a
+single node and the sum of their parts on a cluster.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ from substantial.errors import Conflict
 
 #: A posting marker older than this is taken for the trace of a poster that died.
 POSTING_GRACE = 5.0
+#: How long what a claim read of a run stands in for the run's open_turn (seconds), and how many are kept.
+_PEEK_FOR = 1.0
+_PEEKS_KEPT = 1024
 
 _APPEND = """
 local n = redis.call('LLEN', KEYS[1])
@@ -115,12 +119,24 @@ local function take_lease(key, owner, ms)
 end
 """
 _ACQUIRE = _TAKE_LEASE + "if take_lease(KEYS[1], ARGV[1], ARGV[2]) then return 1 end return 0"
-# The claim's arguments, from a[i] on: now, stale, scan, limit, owner, the lease keys' prefix, ttl in ms, a run
+# What open_turn(run, after=its log's length) returns, read with the claim that leased the run: the run, its
+# inbox's ids and bodies, its log's length, its summary. ``base`` is "<prefix>{<run>}:".
+_PEEK_FN = """
+local function peek(base, run)
+  local ids = redis.call('LRANGE', base .. 'inbox', 0, -1)
+  local bodies = {}
+  if #ids > 0 then bodies = redis.call('HMGET', base .. 'msgs', unpack(ids)) end
+  return {run, ids, bodies, redis.call('LLEN', base .. 'log'), redis.call('GET', base .. 'info')}
+end
+"""
+# The claim's arguments, from a[i] on: now, stale, scan, limit, owner, the run keys' prefix, ttl in ms, a run
 # to mark due now first if its inbox (the next argument) has messages ('' for none), then the runs to skip.
-# A single node only: the lease keys ("<prefix><run>}:lease") and that inbox are not declared.
+# It returns a peek of each run leased. A single node only: the keys of the runs it leases
+# ("<prefix><run>}:lease", ...) and that inbox are not declared.
 _CLAIM_FN = (
     _DUE_FN
     + _TAKE_LEASE
+    + _PEEK_FN
     + """
 local function claim(due_key, posting_key, a, i)
   if a[i + 7] ~= '' and redis.call('LLEN', a[i + 8]) > 0 then redis.call('ZADD', due_key, a[i], a[i + 7]) end
@@ -131,7 +147,9 @@ local function claim(due_key, posting_key, a, i)
     if #claimed >= limit then break end
     if not skip[run] then
       skip[run] = true
-      if take_lease(a[i + 5] .. run .. '}:lease', a[i + 4], a[i + 6]) then claimed[#claimed + 1] = run end
+      if take_lease(a[i + 5] .. run .. '}:lease', a[i + 4], a[i + 6]) then
+        claimed[#claimed + 1] = peek(a[i + 5] .. run .. '}:', run)
+      end
     end
   end
   return claimed
@@ -239,6 +257,8 @@ class RedisBackend(Backend):
         #: the client, which routes each command to its slot's node.
         self._conns = None if isinstance(self._r, RedisCluster) else Connections(self._r.connection_pool)
         self._known_queues: set[str] = set()
+        #: What a claim read of each run it leased, until the run's open_turn (or the time given) consumes it.
+        self._peeks: dict[str, tuple[float, Opened]] = {}
         #: One pub/sub connection per waiting thread and queue set: a connection is not thread-safe.
         self._pubsubs: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._pubsubs_lock = threading.Lock()
@@ -451,7 +471,19 @@ class RedisBackend(Backend):
         if not self._one_node:
             return super().claim_due(queue, now, owner, ttl, limit=limit, scan=scan, skip=skip)
         keys, args = self._claim_call(queue, now, owner, Claim(ttl, limit, scan, skip))
-        return [_text(run) for run in self._script("claim", keys, args)]
+        return self._claimed(self._script("claim", keys, args))
+
+    def _claimed(self, peeks: list[list[Any]]) -> list[str]:
+        """The runs a claim script leased; what it read of each is kept for their ``open_turn``."""
+        if len(self._peeks) > _PEEKS_KEPT:
+            self._peeks.clear()  # of claims whose runs were never opened
+        runs = []
+        for run, ids, bodies, version, info in peeks:
+            run_id = _text(run)
+            opened = Opened(_messages(ids, bodies), [], int(version), None if info is None else _bytes(info))
+            self._peeks[run_id] = (time.monotonic() + _PEEK_FOR, opened)
+            runs.append(run_id)
+        return runs
 
     def _claim_call(
         self, queue: str, now: float, owner: str, claim: Claim, recheck: str = ""
@@ -459,12 +491,19 @@ class RedisBackend(Backend):
         """The claim script's keys and arguments; with a run ``recheck``, it first re-checks that run's inbox."""
         keys = [self._queue_key(queue, "due"), self._queue_key(queue, "posting")]
         inbox = self._run_key(recheck, "inbox") if recheck else ""
-        lease_prefix = f"{self.prefix}:{{"
-        args: list[str | float] = [now, now - POSTING_GRACE, claim.scan, claim.limit, owner, lease_prefix]
+        run_prefix = f"{self.prefix}:{{"
+        args: list[str | float] = [now, now - POSTING_GRACE, claim.scan, claim.limit, owner, run_prefix]
         return keys, [*args, int(claim.ttl * 1000), recheck, inbox, *claim.skip]
 
     def open_turn(self, run_id: str, after: int = 0) -> Opened:
-        """One script: every key it reads is in the run's slot, on a cluster too."""
+        """One script: every key it reads is in the run's slot, on a cluster too.
+
+        On a single node, a turn just claimed here needs none when its log has
+        not grown past ``after``: the claim read the rest when it took the lease.
+        """
+        peeked = self._peeks.pop(run_id, None)
+        if peeked is not None and peeked[0] > time.monotonic() and peeked[1].version == after:
+            return peeked[1]
         keys = [self._run_key(run_id, part) for part in ("inbox", "msgs", "log", "info")]
         ids, bodies, version, records, info = self._script("open", keys, [after])
         return Opened(_messages(ids, bodies), list(records), int(version), None if info is None else _bytes(info))
@@ -509,7 +548,7 @@ class RedisBackend(Backend):
         ok, result = self._script("close", keys, [*head, *records, *map(check_run_id, ack), *claim_args])
         if not ok:
             raise Conflict(f"run {run_id!r}: log is at version {result}, not {expected_version}")
-        return [_text(run) for run in result]
+        return self._claimed(result)
 
     # -- wake-up -------------------------------------------------------------
 
