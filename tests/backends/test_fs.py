@@ -585,3 +585,18 @@ def test_a_forked_child_reads_the_leases_its_parent_took(fs: FSBackend) -> None:
         os.waitpid(pid, 0)
         for fd in (go_read, go_write, done_read, done_write):
             os.close(fd)
+
+
+def test_post_markers_are_looked_for_once_a_second_and_then_found(
+    fs: FSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    later = time.time() + POSTING_GRACE + 1  # a marker written now is old by then
+    assert fs.due("q", later, 10) == []  # looks: there is none
+    monkeypatch.setattr(fs, "schedule", _die)  # a poster that dies after its message, before the due entry
+    with pytest.raises(SystemExit):
+        fs.post("q", "r", Message("m1", b"hello"))
+    monkeypatch.undo()
+    assert fs.due("q", later + 0.5, 10) == []  # within the second: not looked for
+    assert fs.claim_due("q", later + 0.5, "w", 30, limit=1, scan=10) == []
+    assert fs.due("q", later + 1, 10) == ["r"]  # a second on: found, the run is due
+    assert list((fs.root / "posting").iterdir()) == []
