@@ -298,31 +298,54 @@ def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
             holder.stdout.close()
 
 
+class ForkedChild:
+    """A forked child that waits for ``go()``, runs ``work`` and sends back the one byte it returns."""
+
+    def __init__(self, work: Callable[[], bytes]) -> None:
+        self._go_read, self._go_write = os.pipe()
+        self._done_read, self._done_write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with other threads alive (3.12)
+            self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                os.read(self._go_read, 1)
+                os.write(self._done_write, work())
+            finally:
+                os._exit(0)
+
+    def go(self) -> None:
+        os.write(self._go_write, b"x")
+
+    def answer(self, timeout: float) -> bytes | None:
+        """The child's byte, or None if it sent none within ``timeout`` seconds."""
+        if select.select([self._done_read], [], [], timeout)[0] == []:
+            return None
+        return os.read(self._done_read, 1)
+
+    def close(self) -> None:
+        os.waitpid(self.pid, 0)
+        for fd in (self._go_read, self._go_write, self._done_read, self._done_write):
+            os.close(fd)
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_a_forked_child_does_not_share_its_parents_lock(fs: FSBackend) -> None:
     """A child's copy of a descriptor shares the parent's flock: the child must open its own."""
     fs.append_log("r", [b"one"], 0)  # the lock file is open when the process forks
-    go_read, go_write = os.pipe()
-    done_read, done_write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with other threads alive (3.12)
-        pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            os.read(go_read, 1)
-            fs.acquire_lease("r", "child", 10)
-            os.write(done_write, b"x")
-        finally:
-            os._exit(0)
+
+    def lease() -> bytes:
+        fs.acquire_lease("r", "child", 10)  # waits while the parent holds the run's lock
+        return b"x"
+
+    child = ForkedChild(lease)
     try:
         with fs._locked("r"):
-            os.write(go_write, b"x")
-            assert select.select([done_read], [], [], 0.5)[0] == []  # the child waits for the parent
-        assert select.select([done_read], [], [], 10)[0] == [done_read]
+            child.go()
+            assert child.answer(0.5) is None  # the child waits for the parent
+        assert child.answer(10) == b"x"
     finally:
-        os.waitpid(pid, 0)
-        for fd in (go_read, go_write, done_read, done_write):
-            os.close(fd)
+        child.close()
 
 
 def test_a_lease_written_over_a_longer_one_reads_back_and_a_torn_one_is_free(fs: FSBackend) -> None:
@@ -564,27 +587,15 @@ def test_a_forked_child_reads_the_leases_its_parent_took(fs: FSBackend) -> None:
     """The parent may let a lease go without the child's copy of its memory knowing."""
     fs.schedule("q", "a", time.time() - 1)
     assert fs.claim_due("q", time.time(), "parent", 30, limit=1, scan=10) == ["a"]
-    done_read, done_write = os.pipe()
-    go_read, go_write = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with other threads alive (3.12)
-        pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            os.read(go_read, 1)
-            claimed = fs.claim_due("q", time.time(), "child", 30, limit=1, scan=10)
-            os.write(done_write, b"y" if claimed == ["a"] else b"n")
-        finally:
-            os._exit(0)
+    child = ForkedChild(
+        lambda: b"y" if fs.claim_due("q", time.time(), "child", 30, limit=1, scan=10) == ["a"] else b"n"
+    )
     try:
         fs.release_lease("a", "parent")
-        os.write(go_write, b"x")
-        assert select.select([done_read], [], [], 10)[0] == [done_read]
-        assert os.read(done_read, 1) == b"y"
+        child.go()
+        assert child.answer(10) == b"y"
     finally:
-        os.waitpid(pid, 0)
-        for fd in (go_read, go_write, done_read, done_write):
-            os.close(fd)
+        child.close()
 
 
 def test_post_markers_are_looked_for_once_a_second_and_then_found(
