@@ -219,26 +219,33 @@ _BASE = {f.name for f in dataclasses.fields(Record)}
 _INBOX_FIELD = {RunStarted: "start", EventReceived: "send", CancelRequested: "cancel", ChildEnded: "child_ended"}
 
 
+_OWN_FIELDS: dict[type[Record], tuple[str, ...]] = {}
+
+
+def _own_fields(cls: type[Record]) -> tuple[str, ...]:
+    """A record class's fields beyond those every record has, in order (``dataclasses.fields`` is slow per call)."""
+    names = _OWN_FIELDS.get(cls)
+    if names is None:
+        names = _OWN_FIELDS[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name not in _BASE)
+    return names
+
+
 def _fill(msg: Any, record: Record) -> None:
-    for f in dataclasses.fields(record):
-        if f.name in _BASE:
-            continue
-        value = getattr(record, f.name)
+    for name in _own_fields(type(record)):
+        value = getattr(record, name)
         if isinstance(value, Failure):
-            getattr(msg, f.name).CopyFrom(pb.Failure(type=value.type, message=value.message, traceback=value.traceback))
+            getattr(msg, name).CopyFrom(pb.Failure(type=value.type, message=value.message, traceback=value.traceback))
         else:
-            setattr(msg, f.name, value)
+            setattr(msg, name, value)
 
 
 def _build(cls: type[Record], msg: Any, base: dict[str, Any]) -> Record:
     kwargs = dict(base)
-    for f in dataclasses.fields(cls):
-        if f.name in _BASE:
-            continue
-        value = getattr(msg, f.name)
+    for name in _own_fields(cls):
+        value = getattr(msg, name)
         if isinstance(value, pb.Failure):
             value = Failure(value.type, value.message, value.traceback)
-        kwargs[f.name] = value
+        kwargs[name] = value
     return cls(**kwargs)
 
 
