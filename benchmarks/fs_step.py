@@ -16,7 +16,7 @@ from _jobs import sequential_step_us, step_record
 
 from substantial import Conductor
 from substantial.backends import FSBackend
-from substantial.backends.fs import frame
+from substantial.backends.fs_records import frame
 
 
 def substantial_step_us(root: Path, steps: int) -> float:

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from substantial.backends import FSBackend, Message, from_url
-from substantial.backends.fs import _FILE_HEAD, POSTING_GRACE, frame, run_dir_name
+from substantial.backends.fs import POSTING_GRACE, run_dir_name
+from substantial.backends.fs_records import FILE_HEAD, frame
 from substantial.errors import Conflict, CorruptRecord, InvalidRunId
 
 
@@ -56,7 +57,7 @@ def test_corruption_in_the_middle_raises_for_that_run_only(fs: FSBackend) -> Non
     fs.append_log("good", [b"fine"], 0)
     path = log_file(fs, "bad")
     data = bytearray(path.read_bytes())
-    data[_FILE_HEAD + len(frame(b"one")) + 13] ^= 0xFF  # a byte inside the second record's payload
+    data[FILE_HEAD + len(frame(b"one")) + 13] ^= 0xFF  # a byte inside the second record's payload
     path.write_bytes(bytes(data))
     fresh = FSBackend(fs.root)
     with pytest.raises(CorruptRecord, match="'bad'"):
@@ -70,7 +71,7 @@ def test_a_damaged_header_in_the_middle_is_corruption(fs: FSBackend) -> None:
     fs.append_log("r", [b"one", b"two"], 0)
     path = log_file(fs, "r")
     data = bytearray(path.read_bytes())
-    data[_FILE_HEAD + 1] ^= 0xFF  # the first record's length
+    data[FILE_HEAD + 1] ^= 0xFF  # the first record's length
     path.write_bytes(bytes(data))
     with pytest.raises(CorruptRecord):
         FSBackend(fs.root).read_log("r")

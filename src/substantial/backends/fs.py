@@ -21,9 +21,9 @@ CRC, and each says what a torn one means. Several processes can share a root on 
 filesystem that honours ``flock`` and atomic rename).
 
 The run's lock is ``flock`` on its lock file, the lock ``filelock`` takes on
-Unix, but on a descriptor each client keeps open for the runs it used last:
-``FileLock`` opens, checks and closes the file on every acquire, which cost
-as much as the fsync of an append.
+Unix, but on a descriptor each client keeps open for the runs it used last
+(fs_locks.py); how records are framed and the small files read and written
+is in fs_records.py.
 """
 
 from __future__ import annotations
@@ -38,36 +38,35 @@ import threading
 import time
 import uuid
 import weakref
-import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from substantial.backends.base import Backend, Claim, Message, check_run_id
+from substantial.backends.fs_locks import OPEN_LOCKS, LockTable, RunLock, identity
+from substantial.backends.fs_records import (
+    FILE_HEAD,
+    MAGIC,
+    SEQUENCE,
+    frame,
+    fsync_path,
+    new_file_head,
+    parse,
+    pwrite_all,
+    read_info_slot,
+    read_lease,
+    read_pointer,
+    read_whole,
+    write_lease,
+)
 from substantial.errors import Conflict, CorruptRecord
 
-_HEADER = struct.Struct(">II")  # payload length, CRC32 of the payload
-_HEADER_CRC = struct.Struct(">I")  # CRC32 of the header above
-_FRAME = _HEADER.size + _HEADER_CRC.size
 _NAME_MAX = 200
 _STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body
-_SEQUENCE = struct.Struct(">Q")  # a summary's number, before it in its slot
 _INFO_SLOTS = ("info.0", "info.1")
-#: Every log file begins with a magic and a random id: a cache of offsets is per file, not per inode.
-_MAGIC = b"SUBSTL1\n"
-_FILE_HEAD = len(_MAGIC) + 8
-
-
-def _new_file_head() -> bytes:
-    return _MAGIC + os.urandom(8)
-
 
 #: A post marker older than this is taken for the trace of a poster that died.
 POSTING_GRACE = 5.0
 _POSTS_EVERY = 1.0  # seconds between two looks for such markers, per queue
-_POINTER_READ = 4_160  # a due pointer holds one path (PATH_MAX is 4,096) in a frame
-#: How many runs' lock files a client keeps open when no thread holds them (the runs it used last).
-OPEN_LOCKS = 128
 _FOLDER_NAMES = 4096  # run id -> folder, remembered for the hot paths
 _REMOVED_KEPT = 4096  # due entries removed, remembered so a claim passes them over
 
@@ -95,223 +94,6 @@ def _run_id_of(name: str) -> str:
     return "".join(out)
 
 
-def frame(record: bytes) -> bytes:
-    """One record as the log file stores it."""
-    header = _HEADER.pack(len(record), zlib.crc32(record))
-    return header + _HEADER_CRC.pack(zlib.crc32(header)) + record
-
-
-def parse(data: bytes, start: int, run_id: str) -> tuple[list[bytes], int]:
-    """The whole records from ``start``, and the offset after the last one.
-
-    A record cut short at the end of the data (a torn write) is left out; a
-    damaged record with data after it raises ``CorruptRecord``.
-    """
-    records, offset, end = [], start, len(data)
-    while offset < end:
-        if end - offset < _FRAME:
-            break  # torn header at the tail
-        header = data[offset : offset + _HEADER.size]
-        (crc,) = _HEADER_CRC.unpack_from(data, offset + _HEADER.size)
-        if zlib.crc32(header) != crc:
-            if not any(data[offset:]):
-                break  # zeros a crash left past the tail
-            raise CorruptRecord(f"run {run_id!r}: damaged record header at byte {offset} of its log")
-        length, payload_crc = _HEADER.unpack(header)
-        body_end = offset + _FRAME + length
-        if body_end > end:
-            break  # torn body at the tail
-        payload = data[offset + _FRAME : body_end]
-        if zlib.crc32(payload) != payload_crc:
-            if body_end == end:
-                break  # the last record was torn
-            raise CorruptRecord(f"run {run_id!r}: damaged record at byte {offset} of its log")
-        records.append(payload)
-        offset = body_end
-    return records, offset
-
-
-def _fsync_path(path: Path) -> None:
-    """fsync a folder, or a file written earlier, through a descriptor of its own."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class _RunLock:
-    """One run's lock in one client: a thread lock, and the run's lock file kept open for ``flock``.
-
-    ``identity`` is the (device, inode) of the open file: while the file is
-    open its inode number cannot be given to another file, so a lock file
-    whose path no longer has that identity was deleted with its run.
-    """
-
-    __slots__ = ("fd", "identity", "path", "thread", "users")
-
-    def __init__(self) -> None:
-        self.thread = threading.Lock()
-        self.fd = -1
-        self.path = ""
-        self.identity = (0, 0)
-        self.users = 0  # threads holding or waiting for it: it is closed only at 0
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)  # releases this descriptor's flock, if held
-            self.fd = -1
-
-
-class _LockTable:
-    """The run locks of one client; at most ``size`` idle ones stay open, the least recently used go first.
-
-    ``leased`` holds the expiry of each lease this client wrote and has not
-    let go, by run folder name: until then the lease file says the same, so a
-    claim passes such a run without reading it (see ``claim_due``).
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.guard = threading.Lock()
-        self.locks: OrderedDict[str, _RunLock] = OrderedDict()
-        self.leased: dict[str, float] = {}
-        _TABLES.add(self)
-
-    def take(self, run_id: str) -> _RunLock:
-        with self.guard:
-            lock = self.locks.get(run_id)
-            if lock is None:
-                lock = self.locks[run_id] = _RunLock()
-            else:
-                self.locks.move_to_end(run_id)
-            lock.users += 1
-            return lock
-
-    def give_back(self, run_id: str, lock: _RunLock) -> None:
-        with self.guard:
-            lock.users -= 1
-            if self.locks.get(run_id) is not lock:  # dropped by close() while in use
-                if lock.users == 0:
-                    lock.close()
-                return
-            excess = len(self.locks) - self.size
-            if excess <= 0:
-                return
-            idle = []
-            for other_id, other in self.locks.items():
-                if other.users == 0:
-                    idle.append(other_id)
-                    if len(idle) == excess:
-                        break
-            for other_id in idle:
-                self.locks.pop(other_id).close()
-
-    def forget(self, run_id: str) -> None:
-        """Close the run's lock file now if no thread uses it (its run was deleted)."""
-        with self.guard:
-            lock = self.locks.get(run_id)
-            if lock is not None and lock.users == 0:
-                self.locks.pop(run_id).close()
-
-    def close(self) -> None:
-        with self.guard:
-            for lock in self.locks.values():
-                if lock.users == 0:
-                    lock.close()  # the others close when their last thread gives them back
-            self.locks = OrderedDict()
-
-    def after_fork(self) -> None:
-        """In a forked child: drop every inherited descriptor and lock, held or not.
-
-        A child's copy of a descriptor shares the parent's flock: locking it
-        would succeed while the parent holds it, and unlocking it would release
-        the parent's. Closing the copy leaves the parent's lock alone.
-        """
-        self.guard = threading.Lock()
-        for lock in self.locks.values():
-            lock.close()
-        self.locks = OrderedDict()
-        self.leased = {}  # the parent's: it may let them go without this copy knowing
-
-
-_TABLES: weakref.WeakSet[_LockTable] = weakref.WeakSet()
-
-
-def _forget_locks_after_fork() -> None:
-    for table in list(_TABLES):
-        table.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_locks_after_fork)
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
-
-
-def _read_lease(fd: int) -> tuple[str, float] | None:
-    """The lease in the open lease file, or None if it is free (or torn by a crash: leases decide nothing)."""
-    data = os.pread(fd, 512, 0)
-    if len(data) < _FRAME:
-        return None
-    length = _HEADER.unpack_from(data)[0]
-    if _FRAME + length > len(data):
-        data += os.pread(fd, _FRAME + length - len(data), len(data))
-    payload = _first_record(data)
-    if not payload:
-        return None
-    owner, _, expires = payload.decode().rpartition("\n")
-    return owner, float(expires)
-
-
-def _write_lease(fd: int, payload: bytes) -> None:
-    """Overwrite the lease in place: bytes a longer lease left after the record are ignored.
-
-    Every reader holds the run's lock, so none sees a write half done; a
-    crash may tear it, and a torn lease reads as free. No fsync: after a
-    crash a lease may be lost, and leases never decide correctness.
-    """
-    _pwrite_all(fd, frame(payload), 0)
-
-
-def _first_record(data: bytes) -> bytes | None:
-    """The record framed at the start of ``data``, or None if it is cut short or damaged."""
-    if len(data) < _FRAME:
-        return None
-    header = data[: _HEADER.size]
-    if zlib.crc32(header) != _HEADER_CRC.unpack_from(data, _HEADER.size)[0]:
-        return None
-    length, payload_crc = _HEADER.unpack(header)
-    payload = data[_FRAME : _FRAME + length]
-    if len(payload) != length or zlib.crc32(payload) != payload_crc:
-        return None
-    return payload
-
-
-def _read_pointer(path: str) -> str | None:
-    """The due entry a run's pointer names; None if it names none, "" if a crash tore it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        data = os.read(fd, _POINTER_READ)
-    finally:
-        os.close(fd)
-    if data.startswith(b"/"):  # an absolute path, as earlier versions wrote it whole
-        return data.decode()
-    record = _first_record(data)
-    if record is None:
-        return ""
-    return record.decode() or None
-
-
 def _split_entry(entry: str) -> tuple[str, str]:
     """A due entry's path as (its due time in ms, the run's folder name), as ``_entry`` names it."""
     due_ms, _, name = os.path.basename(entry).partition("-")
@@ -321,33 +103,6 @@ def _split_entry(entry: str) -> tuple[str, str]:
 def _lease_free(held: tuple[str, float] | None) -> bool:
     """Whether a lease may be taken: none is held, or it expired (a lease is taken once, even by its owner)."""
     return held is None or held[1] <= time.time()
-
-
-def _read_whole(path: str) -> bytes | None:
-    """A file's bytes in four system calls (``Path.read_bytes`` makes nine); None if there is no such file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return None
-    try:
-        return os.pread(fd, os.fstat(fd).st_size, 0)
-    finally:
-        os.close(fd)
-
-
-def _read_info_slot(path: str) -> tuple[int, bytes] | None:
-    """(number, summary) in one summary slot; None if there is no such file, (-1, b"") if it is torn."""
-    data = _read_whole(path)
-    if data is None:
-        return None
-    record = _first_record(data)
-    if record is None or len(record) < _SEQUENCE.size:
-        return -1, b""
-    return _SEQUENCE.unpack_from(record)[0], record[_SEQUENCE.size :]
-
-
-def _identity(st: os.stat_result) -> tuple[int, int]:
-    return st.st_dev, st.st_ino
 
 
 class FSBackend(Backend):
@@ -362,7 +117,7 @@ class FSBackend(Backend):
         self._posting = self.root / "posting"
         for folder in (self._runs, self._queues, self._tmp, self._posting):
             folder.mkdir(parents=True, exist_ok=True)
-        self._locks = _LockTable(open_locks)
+        self._locks = LockTable(open_locks)
         self._closer = weakref.finalize(self, self._locks.close)
         self._tails: dict[str, tuple[bytes, int, int]] = {}  # run -> (log file id, version, offset)
         # due entries this client removed, numbered in order (see claim_due)
@@ -405,7 +160,7 @@ class FSBackend(Backend):
 
     def _sync_path(self, path: Path) -> None:
         if self._fsync:
-            _fsync_path(path)
+            fsync_path(path)
 
     def _write(self, path: Path, data: bytes, *, durable: bool = True) -> None:
         """Replace ``path`` atomically: write a temporary file, fsync it, rename it into place."""
@@ -430,7 +185,7 @@ class FSBackend(Backend):
         except FileNotFoundError:
             return None
 
-    def _lock(self, run_id: str) -> tuple[_RunLock, str]:
+    def _lock(self, run_id: str) -> tuple[RunLock, str]:
         """Take the run's lock, a thread lock within this client and ``flock`` across clients; ``_unlock`` it."""
         folder = self._folder(run_id)
         lock = self._locks.take(run_id)
@@ -446,7 +201,7 @@ class FSBackend(Backend):
             raise
         return lock, folder
 
-    def _unlock(self, run_id: str, lock: _RunLock) -> None:
+    def _unlock(self, run_id: str, lock: RunLock) -> None:
         try:
             fcntl.flock(lock.fd, fcntl.LOCK_UN)
         finally:
@@ -462,7 +217,7 @@ class FSBackend(Backend):
         finally:
             self._unlock(run_id, lock)
 
-    def _flock(self, run_id: str, folder: str, lock: _RunLock) -> None:
+    def _flock(self, run_id: str, folder: str, lock: RunLock) -> None:
         """Take ``flock`` on the run's lock file, opening it if needed; the thread lock is held.
 
         Once locked, the file must still be the one at the path: if the run
@@ -477,10 +232,10 @@ class FSBackend(Backend):
                     lock.fd = os.open(lock.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
                 except FileNotFoundError:
                     continue  # the run's folder was deleted between the two
-                lock.identity = _identity(os.fstat(lock.fd))
+                lock.identity = identity(os.fstat(lock.fd))
             fcntl.flock(lock.fd, fcntl.LOCK_EX)
             try:
-                if _identity(os.stat(lock.path)) == lock.identity:
+                if identity(os.stat(lock.path)) == lock.identity:
                     return
             except FileNotFoundError:
                 pass
@@ -496,13 +251,13 @@ class FSBackend(Backend):
         log is replaced or deleted). A file too short for its head is empty.
         """
         size = os.fstat(fd).st_size
-        if size < _FILE_HEAD:
+        if size < FILE_HEAD:
             return [], 0, b"", 0, size
-        file_id = os.pread(fd, _FILE_HEAD, 0)
-        if not file_id.startswith(_MAGIC):
+        file_id = os.pread(fd, FILE_HEAD, 0)
+        if not file_id.startswith(MAGIC):
             raise CorruptRecord(f"run {run_id!r}: its log file does not begin as a Substantial log")
         known = self._tails.get(run_id)
-        start_version, start_offset = 0, _FILE_HEAD
+        start_version, start_offset = 0, FILE_HEAD
         if known is not None and known[0] == file_id and known[1] <= after:
             start_version, start_offset = known[1], known[2]
         data = os.pread(fd, size - start_offset, start_offset) if size > start_offset else b""
@@ -551,11 +306,11 @@ class FSBackend(Backend):
             if size != offset:
                 os.ftruncate(fd, offset)  # drop a torn tail (or a torn head) before writing after it
             if offset == 0:
-                file_id = _new_file_head()
+                file_id = new_file_head()
                 data = file_id + b"".join(frame(r) for r in records)
             else:
                 data = b"".join(frame(r) for r in records)
-            _pwrite_all(fd, data, offset)
+            pwrite_all(fd, data, offset)
             self._sync(fd)
         finally:
             os.close(fd)
@@ -569,7 +324,7 @@ class FSBackend(Backend):
             _, version = self._read_log(run_id, after=2**62)
             if version != expected_version:
                 raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
-            self._write(path / "log", _new_file_head() + b"".join(frame(r) for r in records))
+            self._write(path / "log", new_file_head() + b"".join(frame(r) for r in records))
             self._tails.pop(run_id, None)
             return len(records)
 
@@ -599,7 +354,7 @@ class FSBackend(Backend):
             return []
         found = []
         for name in names:
-            data = _read_whole(os.path.join(inbox, name))  # renamed into place whole: its size is final
+            data = read_whole(os.path.join(inbox, name))  # renamed into place whole: its size is final
             if data is not None and len(data) >= _STAMP.size:
                 found.append((_STAMP.unpack_from(data)[0], name, data[_STAMP.size :]))
         return [Message(name, body) for _, name, body in sorted(found)]
@@ -636,7 +391,7 @@ class FSBackend(Backend):
         """
         folder = self._folder(run_id)
         pointer = os.path.join(folder, f"due.{check_run_id(queue)}")
-        old = _read_pointer(pointer)
+        old = read_pointer(pointer)
         if due_at is not None:
             entry = self._entry(queue, os.path.basename(folder), due_at)
             if old == str(entry):
@@ -676,7 +431,7 @@ class FSBackend(Backend):
     def _write_pointer(self, pointer: str, entry: str, folder: str, *, durable: bool = True) -> None:
         """Write the run's due pointer in place: one framed record, fsync'd (its folder too when new).
 
-        A write torn by a crash reads as "" (see ``_read_pointer``): then no
+        A write torn by a crash reads as "" (see ``read_pointer``): then no
         entry of the run is taken for stale until a schedule writes it whole.
         """
         try:
@@ -684,7 +439,7 @@ class FSBackend(Backend):
         except FileNotFoundError:
             fd, created = os.open(pointer, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644), True
         try:
-            _pwrite_all(fd, frame(entry.encode()), 0)
+            pwrite_all(fd, frame(entry.encode()), 0)
             if durable:
                 self._sync(fd)
         finally:
@@ -787,10 +542,10 @@ class FSBackend(Backend):
             self._remove_entry(entry)  # its run was deleted
             return None
         pointer = os.path.join(self._runs, name, f"due.{queue}")
-        if _read_pointer(pointer) == entry:
+        if read_pointer(pointer) == entry:
             return run_id
         with self._locked(run_id):  # a schedule may be between writing the entry and its pointer
-            named = _read_pointer(pointer)
+            named = read_pointer(pointer)
             if named in (entry, ""):  # "": torn by a crash, the turn writes it again
                 return run_id
             self._remove_entry(entry)
@@ -853,7 +608,7 @@ class FSBackend(Backend):
         """
         lock, folder = self._lock(run_id)
         try:
-            named = _read_pointer(os.path.join(folder, f"due.{queue}"))
+            named = read_pointer(os.path.join(folder, f"due.{queue}"))
             if named is None:
                 return False
             due_ms = _split_entry(named)[0]
@@ -945,7 +700,7 @@ class FSBackend(Backend):
         if name.startswith("~"):
             durable.append(staged / "id")
             self._write_new(durable[-1], run_id.encode())
-        self._write_new(staged / _INFO_SLOTS[0], frame(_SEQUENCE.pack(0) + info))  # not fsync'd, as write_info
+        self._write_new(staged / _INFO_SLOTS[0], frame(SEQUENCE.pack(0) + info))  # not fsync'd, as write_info
         # not fsync'd: a pointer lost or torn by a crash reads "", which leaves the run's entries live
         self._write_new(staged / f"due.{queue}", frame(str(entry).encode()))
         # an empty log, made durable by the folder's fsync: the first append then fsyncs no folder
@@ -959,7 +714,7 @@ class FSBackend(Backend):
         """A new file in a folder no one else sees yet, written in place (not fsync'd)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            _pwrite_all(fd, data, 0)
+            pwrite_all(fd, data, 0)
         finally:
             os.close(fd)
 
@@ -992,10 +747,10 @@ class FSBackend(Backend):
         """``_swap_lease`` with the run's lock held."""
         fd = self._lease_file(folder, create=True)
         try:
-            if not may(_read_lease(fd)):
+            if not may(read_lease(fd)):
                 return False
             expiry = time.time() + ttl
-            _write_lease(fd, f"{owner}\n{expiry}".encode())
+            write_lease(fd, f"{owner}\n{expiry}".encode())
             self._locks.leased[os.path.basename(folder)] = expiry
             return True
         finally:
@@ -1017,9 +772,9 @@ class FSBackend(Backend):
         except FileNotFoundError:
             return
         try:
-            held = _read_lease(fd)
+            held = read_lease(fd)
             if held is not None and held[0] == owner:
-                _write_lease(fd, b"")  # free
+                write_lease(fd, b"")  # free
                 self._locks.leased.pop(os.path.basename(folder), None)
         finally:
             os.close(fd)
@@ -1044,23 +799,23 @@ class FSBackend(Backend):
     @staticmethod
     def _write_info(folder: str, info: bytes) -> None:
         """``write_info`` with the run's lock held."""
-        slots = [_read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
+        slots = [read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
         numbers = [slot[0] if slot is not None else -1 for slot in slots]
         target = numbers.index(min(numbers))  # slot 0 first: list_runs looks for it
         fd = os.open(os.path.join(folder, _INFO_SLOTS[target]), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            _pwrite_all(fd, frame(_SEQUENCE.pack(max(numbers) + 1) + info), 0)
+            pwrite_all(fd, frame(SEQUENCE.pack(max(numbers) + 1) + info), 0)
         finally:
             os.close(fd)
 
     def read_info(self, run_id: str) -> bytes | None:
         folder = self._folder(run_id)
-        slots = [_read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
+        slots = [read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
         if slots == [None, None]:
             return self._read(Path(folder) / "info")  # written whole by an earlier version, or None
         if all(slot is None or slot[0] < 0 for slot in slots):  # both torn: two writes during our reads
             with self._locked(run_id):
-                slots = [_read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
+                slots = [read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
         newest = max((slot for slot in slots if slot is not None), default=(-1, b""))
         return newest[1] if newest[0] >= 0 else None
 
@@ -1082,7 +837,7 @@ class FSBackend(Backend):
             return
         with self._locked(run_id):
             for pointer in path.glob("due.*"):
-                entry = _read_pointer(str(pointer))
+                entry = read_pointer(str(pointer))
                 if entry:
                     self._remove_entry(entry)
             graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"

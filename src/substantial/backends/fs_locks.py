@@ -1,0 +1,130 @@
+"""The run locks of one files-backend client: a thread lock each, and ``flock`` on the run's lock file kept open.
+
+``filelock``'s ``FileLock`` opens, checks and closes its file on every
+acquire, which cost as much as the fsync of an append; a client here keeps
+the lock files of the runs it used last open, and a forked child drops the
+ones it inherited.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import weakref
+from collections import OrderedDict
+
+#: How many runs' lock files a client keeps open when no thread holds them (the runs it used last).
+OPEN_LOCKS = 128
+
+
+class RunLock:
+    """One run's lock in one client: a thread lock, and the run's lock file kept open for ``flock``.
+
+    ``identity`` is the (device, inode) of the open file: while the file is
+    open its inode number cannot be given to another file, so a lock file
+    whose path no longer has that identity was deleted with its run.
+    """
+
+    __slots__ = ("fd", "identity", "path", "thread", "users")
+
+    def __init__(self) -> None:
+        self.thread = threading.Lock()
+        self.fd = -1
+        self.path = ""
+        self.identity = (0, 0)
+        self.users = 0  # threads holding or waiting for it: it is closed only at 0
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)  # releases this descriptor's flock, if held
+            self.fd = -1
+
+
+class LockTable:
+    """The run locks of one client; at most ``size`` idle ones stay open, the least recently used go first.
+
+    ``leased`` holds the expiry of each lease this client wrote and has not
+    let go, by run folder name: until then the lease file says the same, so a
+    claim passes such a run without reading it (see ``claim_due``).
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.guard = threading.Lock()
+        self.locks: OrderedDict[str, RunLock] = OrderedDict()
+        self.leased: dict[str, float] = {}
+        _TABLES.add(self)
+
+    def take(self, run_id: str) -> RunLock:
+        with self.guard:
+            lock = self.locks.get(run_id)
+            if lock is None:
+                lock = self.locks[run_id] = RunLock()
+            else:
+                self.locks.move_to_end(run_id)
+            lock.users += 1
+            return lock
+
+    def give_back(self, run_id: str, lock: RunLock) -> None:
+        with self.guard:
+            lock.users -= 1
+            if self.locks.get(run_id) is not lock:  # dropped by close() while in use
+                if lock.users == 0:
+                    lock.close()
+                return
+            excess = len(self.locks) - self.size
+            if excess <= 0:
+                return
+            idle = []
+            for other_id, other in self.locks.items():
+                if other.users == 0:
+                    idle.append(other_id)
+                    if len(idle) == excess:
+                        break
+            for other_id in idle:
+                self.locks.pop(other_id).close()
+
+    def forget(self, run_id: str) -> None:
+        """Close the run's lock file now if no thread uses it (its run was deleted)."""
+        with self.guard:
+            lock = self.locks.get(run_id)
+            if lock is not None and lock.users == 0:
+                self.locks.pop(run_id).close()
+
+    def close(self) -> None:
+        with self.guard:
+            for lock in self.locks.values():
+                if lock.users == 0:
+                    lock.close()  # the others close when their last thread gives them back
+            self.locks = OrderedDict()
+
+    def after_fork(self) -> None:
+        """In a forked child: drop every inherited descriptor and lock, held or not.
+
+        A child's copy of a descriptor shares the parent's flock: locking it
+        would succeed while the parent holds it, and unlocking it would release
+        the parent's. Closing the copy leaves the parent's lock alone.
+        """
+        self.guard = threading.Lock()
+        for lock in self.locks.values():
+            lock.close()
+        self.locks = OrderedDict()
+        self.leased = {}  # the parent's: it may let them go without this copy knowing
+
+
+_TABLES: weakref.WeakSet[LockTable] = weakref.WeakSet()
+
+
+def _forget_locks_after_fork() -> None:
+    for table in list(_TABLES):
+        table.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+def identity(st: os.stat_result) -> tuple[int, int]:
+    return st.st_dev, st.st_ino
