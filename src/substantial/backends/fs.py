@@ -52,10 +52,10 @@ from substantial.backends.fs_records import (
     new_file_head,
     parse,
     pwrite_all,
+    read_file,
     read_info_slot,
     read_lease,
     read_pointer,
-    read_whole,
     write_lease,
 )
 from substantial.errors import Conflict, CorruptRecord
@@ -177,13 +177,6 @@ class FSBackend(Backend):
             raise
         if durable:
             self._sync_path(path.parent)
-
-    @staticmethod
-    def _read(path: Path) -> bytes | None:
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return None
 
     def _lock(self, run_id: str) -> tuple[RunLock, str]:
         """Take the run's lock, a thread lock within this client and ``flock`` across clients; ``_unlock`` it."""
@@ -354,7 +347,7 @@ class FSBackend(Backend):
             return []
         found = []
         for name in names:
-            data = read_whole(os.path.join(inbox, name))  # renamed into place whole: its size is final
+            data = read_file(os.path.join(inbox, name))  # renamed into place whole: its size is final
             if data is not None and len(data) >= _STAMP.size:
                 found.append((_STAMP.unpack_from(data)[0], name, data[_STAMP.size :]))
         return [Message(name, body) for _, name, body in sorted(found)]
@@ -484,7 +477,7 @@ class FSBackend(Backend):
         self._posts_looked[queue] = now
         cutoff = f"{int((now - POSTING_GRACE) * 1e9):020d}"
         for marker in self._buckets(str(self._posting), cutoff):
-            raw = self._read(Path(marker))
+            raw = read_file(marker)
             if raw is None:
                 continue
             marker_queue, _, run_id = raw.decode().partition("\n")
@@ -555,7 +548,7 @@ class FSBackend(Backend):
         """The run id of a run folder's name; None if the id file of a hashed name is gone."""
         if not name.startswith("~"):
             return _run_id_of(name)
-        raw = self._read(self._runs / name / "id")
+        raw = read_file(self._runs / name / "id")
         return raw.decode() if raw is not None else None
 
     # -- a turn's operations together ----------------------------------------
@@ -812,7 +805,7 @@ class FSBackend(Backend):
         folder = self._folder(run_id)
         slots = [read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
         if slots == [None, None]:
-            return self._read(Path(folder) / "info")  # written whole by an earlier version, or None
+            return read_file(os.path.join(folder, "info"))  # written whole by an earlier version, or None
         if all(slot is None or slot[0] < 0 for slot in slots):  # both torn: two writes during our reads
             with self._locked(run_id):
                 slots = [read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
@@ -824,7 +817,7 @@ class FSBackend(Backend):
         for name in os.listdir(self._runs):
             if not (self._runs / name / _INFO_SLOTS[0]).exists() and not (self._runs / name / "info").exists():
                 continue
-            raw = self._read(self._runs / name / "id") if name.startswith("~") else None
+            raw = read_file(self._runs / name / "id") if name.startswith("~") else None
             ids.append(raw.decode() if raw is not None else _run_id_of(name))
         ids.sort()
         if after is not None:

@@ -114,14 +114,9 @@ def first_record(data: bytes) -> bytes | None:
 
 def read_pointer(path: str) -> str | None:
     """The due entry a run's pointer names; None if it names none, "" if a crash tore it."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    data = read_file(path, most=POINTER_READ)
+    if data is None:
         return None
-    try:
-        data = os.read(fd, POINTER_READ)
-    finally:
-        os.close(fd)
     if data.startswith(b"/"):  # an absolute path, as earlier versions wrote it whole
         return data.decode()
     record = first_record(data)
@@ -130,21 +125,25 @@ def read_pointer(path: str) -> str | None:
     return record.decode() or None
 
 
-def read_whole(path: str) -> bytes | None:
-    """A file's bytes in four system calls (``Path.read_bytes`` makes nine); None if there is no such file."""
+def read_file(path: str | os.PathLike[str], most: int | None = None) -> bytes | None:
+    """A file's bytes (its first ``most``), in three or four system calls where ``Path.read_bytes`` makes nine.
+
+    None if there is no such file. Whole, it is read to the size ``fstat``
+    gives: for files renamed into place whole, or rewritten under a lock.
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        return os.pread(fd, os.fstat(fd).st_size, 0)
+        return os.read(fd, most) if most is not None else os.pread(fd, os.fstat(fd).st_size, 0)
     finally:
         os.close(fd)
 
 
 def read_info_slot(path: str) -> tuple[int, bytes] | None:
     """(number, summary) in one summary slot; None if there is no such file, (-1, b"") if it is torn."""
-    data = read_whole(path)
+    data = read_file(path)
     if data is None:
         return None
     record = first_record(data)

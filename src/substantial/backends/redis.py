@@ -147,9 +147,8 @@ local function claim(due_key, posting_key, a, i)
     if #claimed >= limit then break end
     if not skip[run] then
       skip[run] = true
-      if take_lease(a[i + 5] .. run .. '}:lease', a[i + 4], a[i + 6]) then
-        claimed[#claimed + 1] = peek(a[i + 5] .. run .. '}:', run)
-      end
+      local base = a[i + 5] .. run .. '}:'
+      if take_lease(base .. 'lease', a[i + 4], a[i + 6]) then claimed[#claimed + 1] = peek(base, run) end
     end
   end
   return claimed
@@ -214,6 +213,11 @@ def _text(value: bytes | str) -> str:
 def _messages(ids: list[bytes], bodies: list[bytes | None]) -> list[Message]:
     """An inbox's messages from its ids and their bodies (a body acknowledged meanwhile is gone)."""
     return [Message(_text(i), body) for i, body in zip(ids, bodies, strict=True) if body is not None]
+
+
+def _opened(ids: list[bytes], bodies: list[bytes | None], version: int, records: list[bytes], info: Any) -> Opened:
+    """What ``open_turn`` returns, from what the open script (or a claim's peek) read."""
+    return Opened(_messages(ids, bodies), list(records), int(version), None if info is None else _bytes(info))
 
 
 def _retry() -> Retry:
@@ -480,8 +484,7 @@ class RedisBackend(Backend):
         runs = []
         for run, ids, bodies, version, info in peeks:
             run_id = _text(run)
-            opened = Opened(_messages(ids, bodies), [], int(version), None if info is None else _bytes(info))
-            self._peeks[run_id] = (time.monotonic() + _PEEK_FOR, opened)
+            self._peeks[run_id] = (time.monotonic() + _PEEK_FOR, _opened(ids, bodies, version, [], info))
             runs.append(run_id)
         return runs
 
@@ -505,8 +508,7 @@ class RedisBackend(Backend):
         if peeked is not None and peeked[0] > time.monotonic() and peeked[1].version == after:
             return peeked[1]
         keys = [self._run_key(run_id, part) for part in ("inbox", "msgs", "log", "info")]
-        ids, bodies, version, records, info = self._script("open", keys, [after])
-        return Opened(_messages(ids, bodies), list(records), int(version), None if info is None else _bytes(info))
+        return _opened(*self._script("open", keys, [after]))
 
     def close_turn(
         self,
