@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import statistics
 import tempfile
 import time
@@ -21,11 +22,29 @@ POLL = 0.01  # the workers' idle poll, in seconds: DBOS's queue polls as often
 Store = tuple[str, Callable[[str], str]]
 
 
+#: Where the files store goes by default: beside the project, where a deployment keeps its data.
+STORE_PARENT = Path(__file__).resolve().parent.parent / ".substantial"
+
+
+def create_us(parent: str | Path, count: int = 200) -> float:
+    """Median µs to make a folder with one empty file in it under ``parent``: what a run's start pays per name."""
+    timings = []
+    with tempfile.TemporaryDirectory(prefix="probe-", dir=parent) as folder:
+        for i in range(count):
+            began = time.perf_counter()
+            os.mkdir(f"{folder}/{i}")
+            os.close(os.open(f"{folder}/{i}/f", os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            timings.append(time.perf_counter() - began)
+    return statistics.median(timings) * 1e6
+
+
 @contextlib.contextmanager
-def stores() -> Iterator[list[Store]]:
-    """The three stores compared: files, Redis keeping nothing on disk, Redis fsyncing every write."""
+def stores(parent: str | Path = STORE_PARENT) -> Iterator[list[Store]]:
+    """The three stores compared: files (in a fresh folder under ``parent``), Redis keeping nothing on disk,
+    Redis fsyncing every write."""
+    Path(parent).mkdir(parents=True, exist_ok=True)
     with (
-        tempfile.TemporaryDirectory(prefix="substantial-bench-") as folder,
+        tempfile.TemporaryDirectory(prefix="substantial-bench-", dir=parent) as folder,
         redis_server("--appendonly", "no") as volatile,
         redis_server("--appendonly", "yes", "--appendfsync", "always") as durable,
     ):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -35,8 +36,10 @@ from dataclasses import dataclass, field
 import _counting
 import _scale
 from _substantial import (
+    STORE_PARENT,
     Store,
     conductor_on,
+    create_us,
     stores,
     w1_us_per_step,
     w2_per_second,
@@ -206,6 +209,11 @@ def options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts: a smoke run of a minute or two")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {SECTIONS}")
+    parser.add_argument(
+        "--store-dir",
+        default=os.environ.get("SUBSTANTIAL_BENCH_STORE_DIR", str(STORE_PARENT)),
+        help=f"the folder the files store is made in [{STORE_PARENT}, $SUBSTANTIAL_BENCH_STORE_DIR]",
+    )
     for name, (default, _, text) in OPTIONS.items():
         env = f"SUBSTANTIAL_BENCH_{name.upper()}"
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=None, help=f"{text} [{default}, ${env}]")
@@ -231,7 +239,13 @@ def main() -> None:
     args = options()
     began = time.perf_counter()
     table = Table()
-    with stores() as subjects:
+    with stores(args.store_dir) as subjects:
+        where = {args.store_dir: create_us(args.store_dir), tempfile.gettempdir(): create_us(tempfile.gettempdir())}
+        table.notes.append(
+            "a folder and a file made, median: "
+            + "; ".join(f"{us:.0f} µs in {folder}" for folder, us in where.items())
+            + f" (the files store is in {args.store_dir})"
+        )
         timed("W1-W3", lambda: peers(args, table, subjects))
         timed("scaling", lambda: scaling(args, table, subjects))
     print()
