@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from substantial.backends import FSBackend, Message, from_url
+from substantial.backends import FSBackend, Message, from_url, fs_listings
 from substantial.backends.fs import POSTING_GRACE, run_dir_name
 from substantial.backends.fs_records import FILE_HEAD, frame
 from substantial.errors import Conflict, CorruptRecord, InvalidRunId
@@ -265,6 +265,30 @@ def test_a_run_deleted_and_made_again_gets_a_fresh_lock(tmp_path: Path) -> None:
     blocked.join(10)
     assert not blocked.is_alive()
     assert a.read_log("r") == ([b"new", b"b"], 2)
+
+
+def test_a_lease_file_stays_open_with_its_lock_and_closes_with_it(tmp_path: Path) -> None:
+    fs = FSBackend(tmp_path / "store", fsync=False, open_locks=4)
+    for i in range(10):
+        assert fs.acquire_lease(f"r{i}", "w", 30)
+    assert _store_fds(fs.root) == 8  # the four runs used last: their lock and lease files
+    fs.release_lease("r9", "w")
+    assert fs.acquire_lease("r9", "v", 30)  # read and written through the open file
+    assert _store_fds(fs.root) == 8
+    fs.close()
+    assert _store_fds(fs.root) == 0
+
+
+def test_a_run_deleted_and_made_again_gets_a_fresh_lease(tmp_path: Path) -> None:
+    """A client's open lease file of a deleted run must not be taken for the new run's lease."""
+    a, b = FSBackend(tmp_path / "store"), FSBackend(tmp_path / "store")
+    assert a.acquire_lease("r", "a", 30)  # a keeps r's lock and lease files open
+    b.delete_run("r")
+    b.append_log("r", [b"new"], 0)
+    assert a.acquire_lease("r", "a-again", 30)  # the new run's lease is free
+    assert not b.acquire_lease("r", "b", 30)  # and a wrote it in the new run's folder
+    a.release_lease("r", "a-again")
+    assert b.acquire_lease("r", "b", 30)
 
 
 def test_a_lock_held_by_a_killed_process_is_released(tmp_path: Path) -> None:
@@ -612,3 +636,73 @@ def test_post_markers_are_looked_for_once_a_second_and_then_found(
     assert fs.claim_due("q", later + 0.5, "w", 30, limit=1, scan=10) == []
     assert fs.due("q", later + 1, 10) == ["r"]  # a second on: found, the run is due
     assert list((fs.root / "posting").iterdir()) == []
+
+
+def _recorded(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[str]:
+    """The folders that ``owner.name(folder)`` is called with from now on, recorded as it runs."""
+    calls: list[str] = []
+    real = getattr(owner, name)
+
+    def recording(folder: str) -> list[str]:
+        calls.append(folder)
+        return real(folder)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
+
+
+def _wait_until_quiet(folder: Path, quiet_ns: int) -> None:
+    """Sleep until ``folder`` was last changed more than ``quiet_ns`` ago."""
+    st = folder.stat()
+    changed = max(st.st_mtime_ns, st.st_ctime_ns)
+    time.sleep(max(changed + quiet_ns - time.time_ns(), 0) / 1e9 + 0.02)
+
+
+def test_a_listing_is_kept_while_its_folder_is_unchanged_and_quiet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quiet = 50_000_000
+    monkeypatch.setattr(fs_listings, "QUIET_NS", quiet)
+    calls = _recorded(monkeypatch, fs_listings, "listed")
+    folder = tmp_path / "bucket"
+    folder.mkdir()
+    for name in ("b", "a"):
+        (folder / name).touch()
+    listings = fs_listings.Listings()
+    _wait_until_quiet(folder, quiet)
+    assert listings.names(str(folder)) == ["a", "b"]
+    assert listings.names(str(folder)) == ["a", "b"]
+    assert len(calls) == 1  # kept: the second look was a stat
+    (folder / "c").touch()
+    assert listings.names(str(folder)) == ["a", "b", "c"]  # changed: listed again
+    assert listings.names(str(folder)) == ["a", "b", "c"]
+    assert len(calls) == 3  # changed just now: not kept, so a change in the same tick is not missed
+    _wait_until_quiet(folder, quiet)
+    listings.names(str(folder))
+    listings.names(str(folder))
+    assert len(calls) == 4
+    (folder / "a").unlink()
+    assert listings.names(str(folder)) == ["b", "c"]
+    for name in ("b", "c"):
+        (folder / name).unlink()
+    folder.rmdir()
+    assert listings.names(str(folder)) == []
+
+
+def test_a_claim_lists_only_the_minute_bucket_once_the_upper_ones_are_quiet_and_sees_new_ones(
+    fs: FSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    quiet = 50_000_000
+    monkeypatch.setattr(fs_listings, "QUIET_NS", quiet)
+    now = time.time()
+    fs.schedule("q", "two-days-ago", now - 2 * 86400)
+    queue = fs.root / "queues" / "q"
+    day = next(next(queue.iterdir()).iterdir())
+    for folder in (queue, day.parent, day):
+        _wait_until_quiet(folder, quiet)
+    assert fs.due("q", time.time(), 10) == ["two-days-ago"]  # lists every level, keeps the quiet ones
+    listed = _recorded(monkeypatch, os, "listdir")
+    assert fs.due("q", time.time(), 10) == ["two-days-ago"]
+    assert len(listed) == 1  # the minute's entries only
+    fs.schedule("q", "a-day-ago", now - 86400)  # a new day bucket: its parent changed
+    assert fs.due("q", time.time(), 10) == ["two-days-ago", "a-day-ago"]

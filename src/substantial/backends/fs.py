@@ -42,6 +42,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from substantial.backends.base import Backend, Claim, Message, check_run_id
+from substantial.backends.fs_listings import Listings, listed
 from substantial.backends.fs_locks import OPEN_LOCKS, LockTable, RunLock, identity
 from substantial.backends.fs_records import (
     FILE_HEAD,
@@ -126,6 +127,7 @@ class FSBackend(Backend):
         self._claims = threading.Lock()
         self._posts_looked: dict[str, float] = {}  # queue -> ``now`` of the last look at its post markers
         self._folders: dict[str, str] = {}
+        self._listings = Listings()
 
     # -- files -------------------------------------------------------------
 
@@ -476,7 +478,7 @@ class FSBackend(Backend):
             return
         self._posts_looked[queue] = now
         cutoff = f"{int((now - POSTING_GRACE) * 1e9):020d}"
-        for marker in self._buckets(str(self._posting), cutoff):
+        for marker in self._buckets(str(self._posting), cutoff, listed):
             raw = read_file(marker)
             if raw is None:
                 continue
@@ -500,24 +502,22 @@ class FSBackend(Backend):
     def _due_entries(self, queue: str, now: float) -> Iterator[str]:
         """The queue's due entries at or before ``now``, earliest first, live or not, listed lazily.
 
-        Paths are strings: a claim may list thousands of names to take one, so none costs a ``Path``.
+        Paths are strings: a claim may list thousands of names to take one, so
+        none costs a ``Path``. The upper buckets' listings are kept while they
+        are unchanged (see ``Listings``); a minute's entries are listed afresh.
         """
         last = self._entry(queue, "\uffff", now)
-        for days in self._buckets(str(self._queue_dir(queue)), last.parents[2].name):
-            for day in self._buckets(days, last.parents[1].name):
-                for minute in self._buckets(day, last.parent.name):
-                    yield from self._buckets(minute, last.name)
+        kept = self._listings.names
+        for days in self._buckets(str(self._queue_dir(queue)), last.parents[2].name, kept):
+            for day in self._buckets(days, last.parents[1].name, kept):
+                for minute in self._buckets(day, last.parent.name, kept):
+                    yield from self._buckets(minute, last.name, listed)
 
     @staticmethod
-    def _buckets(folder: str, upto: str) -> Iterator[str]:
+    def _buckets(folder: str, upto: str, names: Callable[[str], list[str]]) -> Iterator[str]:
         """The paths of ``folder``'s names up to ``upto``, in order."""
-        try:
-            names = os.listdir(folder)
-        except FileNotFoundError:
-            return
-        names.sort()
         prefix = folder + os.sep
-        for name in names:
+        for name in names(folder):
             if name > upto:
                 return
             yield prefix + name
@@ -607,7 +607,7 @@ class FSBackend(Backend):
             due_ms = _split_entry(named)[0]
             if due_ms.isdigit() and int(due_ms) > now * 1000:
                 return False
-            return self._swap_held_lease(folder, owner, ttl, _lease_free)
+            return self._swap_held_lease(lock, folder, owner, ttl, _lease_free)
         finally:
             self._unlock(run_id, lock)
 
@@ -640,7 +640,7 @@ class FSBackend(Backend):
             self._set_entry(queue, run_id, due_at)
             if recheck and self._has_mail(folder):
                 self._set_entry(queue, run_id, time.time())
-            self._release_held_lease(folder, owner)
+            self._release_held_lease(lock, folder, owner)
         finally:
             self._unlock(run_id, lock)
         return self._claim_next(queue, owner, then_claim)
@@ -713,10 +713,6 @@ class FSBackend(Backend):
 
     # -- leases --------------------------------------------------------------
 
-    def _lease_file(self, folder: str, *, create: bool) -> int:
-        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
-        return os.open(os.path.join(folder, "lease"), flags, 0o644)
-
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
         return self._swap_lease(run_id, owner, ttl, _lease_free)
 
@@ -730,47 +726,40 @@ class FSBackend(Backend):
         """Under the run's lock: give ``owner`` the lease for ``ttl`` if ``may(held lease)``."""
         lock, folder = self._lock(run_id)
         try:
-            return self._swap_held_lease(folder, owner, ttl, may)
+            return self._swap_held_lease(lock, folder, owner, ttl, may)
         finally:
             self._unlock(run_id, lock)
 
     def _swap_held_lease(
-        self, folder: str, owner: str, ttl: float, may: Callable[[tuple[str, float] | None], bool]
+        self, lock: RunLock, folder: str, owner: str, ttl: float, may: Callable[[tuple[str, float] | None], bool]
     ) -> bool:
         """``_swap_lease`` with the run's lock held."""
-        fd = self._lease_file(folder, create=True)
-        try:
-            if not may(read_lease(fd)):
-                return False
-            expiry = time.time() + ttl
-            write_lease(fd, f"{owner}\n{expiry}".encode())
-            self._locks.leased[os.path.basename(folder)] = expiry
-            return True
-        finally:
-            os.close(fd)
+        fd = lock.lease(create=True)
+        if not may(read_lease(fd)):
+            return False
+        expiry = time.time() + ttl
+        write_lease(fd, f"{owner}\n{expiry}".encode())
+        self._locks.leased[os.path.basename(folder)] = expiry
+        return True
 
     def release_lease(self, run_id: str, owner: str) -> None:
         if not os.path.isdir(self._folder(run_id)):
             return
         lock, folder = self._lock(run_id)
         try:
-            self._release_held_lease(folder, owner)
+            self._release_held_lease(lock, folder, owner)
         finally:
             self._unlock(run_id, lock)
 
-    def _release_held_lease(self, folder: str, owner: str) -> None:
+    def _release_held_lease(self, lock: RunLock, folder: str, owner: str) -> None:
         """``release_lease`` with the run's lock held."""
-        try:
-            fd = self._lease_file(folder, create=False)
-        except FileNotFoundError:
+        fd = lock.lease(create=False)
+        if fd < 0:
             return
-        try:
-            held = read_lease(fd)
-            if held is not None and held[0] == owner:
-                write_lease(fd, b"")  # free
-                self._locks.leased.pop(os.path.basename(folder), None)
-        finally:
-            os.close(fd)
+        held = read_lease(fd)
+        if held is not None and held[0] == owner:
+            write_lease(fd, b"")  # free
+            self._locks.leased.pop(os.path.basename(folder), None)
 
     # -- visibility and retention ------------------------------------------
 

@@ -23,23 +23,42 @@ class RunLock:
 
     ``identity`` is the (device, inode) of the open file: while the file is
     open its inode number cannot be given to another file, so a lock file
-    whose path no longer has that identity was deleted with its run.
+    whose path no longer has that identity was deleted with its run. The
+    run's lease file stays open beside it, and is closed with it: both belong
+    to the same folder.
     """
 
-    __slots__ = ("fd", "identity", "path", "thread", "users")
+    __slots__ = ("fd", "identity", "lease_fd", "path", "thread", "users")
 
     def __init__(self) -> None:
         self.thread = threading.Lock()
         self.fd = -1
+        self.lease_fd = -1
         self.path = ""
         self.identity = (0, 0)
         self.users = 0  # threads holding or waiting for it: it is closed only at 0
 
+    def lease(self, *, create: bool) -> int:
+        """The run's lease file, opened on first use (made if ``create``); -1 if it does not exist.
+
+        Called with the lock held, so the lock file, and with it the folder,
+        is the run's own.
+        """
+        if self.lease_fd < 0:
+            flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+            try:
+                self.lease_fd = os.open(os.path.join(os.path.dirname(self.path), "lease"), flags, 0o644)
+            except FileNotFoundError:
+                if create:
+                    raise
+        return self.lease_fd
+
     def close(self) -> None:
-        if self.fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)  # releases this descriptor's flock, if held
-            self.fd = -1
+        for fd in (self.fd, self.lease_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)  # the lock file's releases this descriptor's flock, if held
+        self.fd = self.lease_fd = -1
 
 
 class LockTable:
