@@ -410,7 +410,7 @@ def test_a_due_pointer_torn_by_a_crash_keeps_its_run_due_until_a_schedule_writes
 def test_a_due_pointer_written_whole_by_an_earlier_version_is_read(fs: FSBackend) -> None:
     now = time.time()
     fs.schedule("q", "r", now - 1)
-    entry = fs._entry("q", run_dir_name("r"), now - 1)
+    entry = Path(fs._entry("q", run_dir_name("r"), now - 1))
     _pointer(fs, "r").write_bytes(str(entry).encode())  # the path, not a framed record
     assert fs.due("q", now, 10) == ["r"]
     fs.schedule("q", "r", now + 3600)
@@ -474,16 +474,17 @@ def test_a_schedule_makes_its_buckets_again_when_another_move_removes_one(
     """Another run's move removes empty buckets: one may go between our mkdir of it and of the folder in it."""
     now = time.time()
     fs.append_log("r", [b"x"], 0)
-    real_mkdir = Path.mkdir
+    real_mkdir = os.mkdir
     raced: list[Path] = []
 
-    def racing_mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
-        if not raced and self.parent.parent.parent.name == "q":  # the minute bucket, in a day bucket just made
-            raced.append(self)
-            self.parent.rmdir()
-        real_mkdir(self, *args, **kwargs)
+    def racing_mkdir(path: str, *args: Any, **kwargs: Any) -> None:
+        folder = Path(path)
+        if not raced and folder.parent.parent.parent.name == "q":  # the minute bucket, in a day bucket just made
+            raced.append(folder)
+            folder.parent.rmdir()
+        real_mkdir(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    monkeypatch.setattr(os, "mkdir", racing_mkdir)
     fs.schedule("q", "r", now - 1)
     monkeypatch.undo()
     assert raced
@@ -593,14 +594,14 @@ def test_a_claim_passes_over_an_entry_removed_after_its_listing_and_finds_one_ma
     listed = list(fs._due_entries("q", time.time()))
     real_walk = fs._due_entries
 
-    def walk_then_remove(queue: str, now: float) -> Iterator[str]:
+    def walk_then_remove(queue: str, now: float, cursors: object = None) -> Iterator[tuple[str, int]]:
         fs.unschedule("q", "a")  # a close of this client, after the walk began and its listing was taken
         yield from listed
 
     monkeypatch.setattr(fs, "_due_entries", walk_then_remove)
     read = _checks(fs, monkeypatch)
     assert fs.claim_due("q", time.time(), "w", 30, limit=2, scan=10) == ["b"]
-    assert read == [listed[1]]  # a's entry, removed here after the listing, is not read
+    assert read == [listed[1][0]]  # a's entry, removed here after the listing, is not read
     monkeypatch.setattr(fs, "_due_entries", real_walk)
     fs.release_lease("b", "w")
     fs.schedule("q", "a", due)  # the same entry, made again: the next claim takes it
@@ -706,3 +707,72 @@ def test_a_claim_lists_only_the_minute_bucket_once_the_upper_ones_are_quiet_and_
     assert len(listed) == 1  # the minute's entries only
     fs.schedule("q", "a-day-ago", now - 86400)  # a new day bucket: its parent changed
     assert fs.due("q", time.time(), 10) == ["two-days-ago", "a-day-ago"]
+
+
+@pytest.fixture
+def walk_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims walk on through a minute's listing until they reach its end, however long that takes."""
+    monkeypatch.setattr(fs_listings, "CURSOR_FOR", 3600.0)
+
+
+def _in_one_minute(fs: FSBackend, *run_ids: str, gap: float = 0.01) -> float:
+    """Schedule ``run_ids`` ``gap`` seconds apart in this minute's bucket; the due time of the first."""
+    first = (time.time() // 60) * 60 + 0.5
+    for i, run_id in enumerate(run_ids):
+        fs.schedule("q", run_id, first + i * gap)
+    return first
+
+
+@pytest.mark.usefixtures("walk_kept")
+def test_claims_walk_on_through_a_minute_listed_once(fs: FSBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = [f"r{i:03d}" for i in range(200)]
+    now = _in_one_minute(fs, *runs, gap=0.001) + 1
+    listed = _recorded(monkeypatch, fs_listings, "listed")
+    read = _checks(fs, monkeypatch)
+    taken = [fs.claim_due("q", now, "w", 30, limit=1, scan=10) for _ in runs]
+    assert taken == [[run_id] for run_id in runs]
+    minutes = [folder for folder in listed if len(os.path.basename(folder)) == 11]  # (upper buckets: not quiet yet)
+    assert len(minutes) == 1  # the minute's entries, listed once: each claim went on from where the last stopped
+    assert len(read) == len(runs)  # and read only the entry it leased
+    assert fs.claim_due("q", now, "w", 30, limit=1, scan=10) == []  # at the end: listed again, all leased
+
+
+@pytest.mark.usefixtures("walk_kept")
+def test_an_entry_this_client_makes_behind_the_walk_is_found_by_the_next_claim(fs: FSBackend) -> None:
+    first = _in_one_minute(fs, "a", "b", "c")
+    now = first + 1
+    assert fs.claim_due("q", now, "w", 30, limit=2, scan=10) == ["a", "b"]
+    fs.schedule("q", "early", first + 0.001)  # between a and b: behind the walk's place
+    assert fs.claim_due("q", now, "w", 30, limit=1, scan=10) == ["early"]
+    assert fs.claim_due("q", now, "w", 30, limit=1, scan=10) == ["c"]
+
+
+@pytest.mark.usefixtures("walk_kept")
+def test_a_run_let_go_without_its_turn_is_found_by_the_next_claim(fs: FSBackend) -> None:
+    now = _in_one_minute(fs, "a", "b") + 1
+    assert fs.claim_due("q", now, "w", 30, limit=1, scan=10) == ["a"]
+    fs.release_lease("a", "w")  # its entry stays, still due, behind the walk
+    assert fs.claim_due("q", now, "w", 30, limit=2, scan=10) == ["a", "b"]
+
+
+@pytest.mark.usefixtures("walk_kept")
+def test_a_walk_stops_before_entries_not_yet_due_and_takes_them_once_due(fs: FSBackend) -> None:
+    first = _in_one_minute(fs, "a", "later", "later-still", "last", gap=5.0)
+    assert fs.claim_due("q", first + 1, "w", 30, limit=5, scan=10) == ["a"]
+    assert fs.claim_due("q", first + 2, "w", 30, limit=5, scan=10) == []
+    assert fs.claim_due("q", first + 5, "w", 30, limit=5, scan=10) == ["later"]
+    assert fs.claim_due("q", first + 15, "w", 30, limit=5, scan=10) == ["later-still", "last"]
+
+
+def test_an_entry_another_client_makes_behind_the_walk_is_found_soon(tmp_path: Path) -> None:
+    mine, other = FSBackend(tmp_path / "store"), FSBackend(tmp_path / "store")
+    first = _in_one_minute(mine, *(f"r{i}" for i in range(5)))
+    now = first + 1
+    assert mine.claim_due("q", now, "w", 30, limit=2, scan=10) == ["r0", "r1"]
+    other.schedule("q", "early", first + 0.001)  # between r0 and r1: behind the walk's place
+    deadline = time.monotonic() + 10
+    found: list[str] = []
+    while "early" not in found:  # within CURSOR_FOR, or once the walk reaches the end of its listing
+        assert time.monotonic() < deadline, "an entry made behind the walk was never claimed"
+        found += mine.claim_due("q", now, "w", 30, limit=1, scan=10)
+    assert found[-1] == "early"

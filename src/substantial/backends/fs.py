@@ -42,7 +42,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from substantial.backends.base import Backend, Claim, Message, check_run_id
-from substantial.backends.fs_listings import Listings, listed
+from substantial.backends.fs_listings import Cursors, Listings, listed
 from substantial.backends.fs_locks import OPEN_LOCKS, LockTable, RunLock, identity
 from substantial.backends.fs_records import (
     FILE_HEAD,
@@ -101,6 +101,13 @@ def _split_entry(entry: str) -> tuple[str, str]:
     return due_ms, name
 
 
+def _bucket_names(due_at: float, name: str) -> tuple[str, str, str, str]:
+    """The names of a due entry's three buckets and of the entry itself (see ``FSBackend._entry``)."""
+    ms = max(int(due_at * 1000), 0)
+    day = ms // 86_400_000
+    return f"{day // 256:05d}", f"{day:08d}", f"{ms // 60_000:011d}", f"{ms:015d}-{name}"
+
+
 def _lease_free(held: tuple[str, float] | None) -> bool:
     """Whether a lease may be taken: none is held, or it expired (a lease is taken once, even by its owner)."""
     return held is None or held[1] <= time.time()
@@ -127,7 +134,9 @@ class FSBackend(Backend):
         self._claims = threading.Lock()
         self._posts_looked: dict[str, float] = {}  # queue -> ``now`` of the last look at its post markers
         self._folders: dict[str, str] = {}
+        self._queue_dirs: dict[str, str] = {}
         self._listings = Listings()
+        self._cursors = Cursors()
 
     # -- files -------------------------------------------------------------
 
@@ -144,23 +153,24 @@ class FSBackend(Backend):
     def _dir(self, run_id: str) -> Path:
         return Path(self._folder(run_id))
 
-    def _ensure_dir(self, run_id: str) -> Path:
+    def _ensure_dir(self, run_id: str) -> str:
         """The run's folder, made if needed; its inbox is made last, so a folder with one is complete."""
-        path = self._dir(run_id)
-        if not (path / "inbox").is_dir():
+        folder = self._folder(run_id)
+        if not os.path.isdir(os.path.join(folder, "inbox")):
+            path = Path(folder)
             path.mkdir(exist_ok=True)
             if path.name.startswith("~"):
                 self._write(path / "id", run_id.encode())
             (path / "inbox").mkdir(exist_ok=True)
             self._sync_path(path)  # the inbox's entry: a message in it is durable only with it
             self._sync_path(self._runs)
-        return path
+        return folder
 
     def _sync(self, fd: int) -> None:
         if self._fsync:
             os.fsync(fd)
 
-    def _sync_path(self, path: Path) -> None:
+    def _sync_path(self, path: str | Path) -> None:
         if self._fsync:
             fsync_path(path)
 
@@ -310,7 +320,7 @@ class FSBackend(Backend):
         finally:
             os.close(fd)
         if created:
-            self._sync_path(Path(folder))
+            self._sync_path(folder)
         self._tails[run_id] = (file_id, version + len(records), offset + len(data))
         return version + len(records)
 
@@ -333,7 +343,7 @@ class FSBackend(Backend):
         was written, is then ingested once (its id dedupes it).
         """
         check_run_id(message.id)
-        path = self._ensure_dir(run_id) / "inbox" / message.id
+        path = Path(self._ensure_dir(run_id), "inbox", message.id)
         marker = self._posting / f"{time.time_ns():020d}-{uuid.uuid4().hex}"
         self._write(marker, f"{check_run_id(queue)}\n{run_id}".encode())
         if not path.exists():
@@ -355,24 +365,23 @@ class FSBackend(Backend):
         return [Message(name, body) for _, name, body in sorted(found)]
 
     def ack(self, run_id: str, ids: Iterable[str]) -> None:
-        inbox = self._dir(run_id) / "inbox"
+        inbox = os.path.join(self._folder(run_id), "inbox")
         for message_id in ids:
             check_run_id(message_id)
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(inbox / message_id)
+                os.unlink(os.path.join(inbox, message_id))
 
     # -- the due index -----------------------------------------------------
 
-    def _queue_dir(self, queue: str) -> Path:
-        return self._queues / check_run_id(queue)
+    def _queue_dir(self, queue: str) -> str:
+        folder = self._queue_dirs.get(queue)
+        if folder is None:
+            folder = self._queue_dirs[queue] = os.path.join(self._queues, check_run_id(queue))
+        return folder
 
-    def _entry(self, queue: str, name: str, due_at: float) -> Path:
+    def _entry(self, queue: str, name: str, due_at: float) -> str:
         """Buckets of 256 days, of a day, of a minute: a poll lists at most a few thousand names."""
-        ms = max(int(due_at * 1000), 0)
-        day = ms // 86_400_000
-        return (
-            self._queue_dir(queue) / f"{day // 256:05d}" / f"{day:08d}" / f"{ms // 60_000:011d}" / f"{ms:015d}-{name}"
-        )
+        return os.path.join(self._queue_dir(queue), *_bucket_names(due_at, name))
 
     def _set_entry(self, queue: str, run_id: str, due_at: float | None) -> None:
         """Point the run at a new due entry (or none), then remove the old one; the run's lock is held.
@@ -389,16 +398,17 @@ class FSBackend(Backend):
         old = read_pointer(pointer)
         if due_at is not None:
             entry = self._entry(queue, os.path.basename(folder), due_at)
-            if old == str(entry):
+            if old == entry:
+                self._cursors.made(entry)  # due again, maybe: a claim may have walked past it
                 return
             self._create_entry(entry)
-            self._write_pointer(pointer, str(entry), folder)
+            self._write_pointer(pointer, entry, folder)
         elif old is not None:
             self._write_pointer(pointer, "", folder, durable=False)  # names no entry
         if old:
             self._remove_entry(old)
 
-    def _create_entry(self, entry: Path, *, durable: bool = True) -> None:
+    def _create_entry(self, entry: str, *, durable: bool = True) -> None:
         """An empty file (its name holds the run's folder name), made durable (unless not ``durable``: then
         by the caller) before a pointer names it."""
         while True:
@@ -408,20 +418,21 @@ class FSBackend(Backend):
             except FileNotFoundError:
                 pass
             with contextlib.suppress(FileNotFoundError):  # another run's move removed an empty bucket: again
-                self._make_buckets(entry.parent)
+                self._make_buckets(os.path.dirname(entry))
+        self._cursors.made(entry)
         if durable:
-            self._sync_path(entry.parent)  # not empty now: no one removes it
+            self._sync_path(os.path.dirname(entry))  # not empty now: no one removes it
 
-    def _make_buckets(self, bucket: Path) -> None:
+    def _make_buckets(self, bucket: str) -> None:
         """Make the missing folders down to ``bucket``, each made durable in its parent."""
         missing = []
-        while not bucket.is_dir():
+        while not os.path.isdir(bucket):
             missing.append(bucket)
-            bucket = bucket.parent
+            bucket = os.path.dirname(bucket)
         for folder in reversed(missing):
             with contextlib.suppress(FileExistsError):
-                folder.mkdir()
-            self._sync_path(folder.parent)
+                os.mkdir(folder)
+            self._sync_path(os.path.dirname(folder))
 
     def _write_pointer(self, pointer: str, entry: str, folder: str, *, durable: bool = True) -> None:
         """Write the run's due pointer in place: one framed record, fsync'd (its folder too when new).
@@ -440,7 +451,7 @@ class FSBackend(Backend):
         finally:
             os.close(fd)
         if created and durable:
-            self._sync_path(Path(folder))
+            self._sync_path(folder)
 
     def _remove_entry(self, entry: str) -> None:
         if len(self._removed) >= _REMOVED_KEPT:
@@ -491,7 +502,7 @@ class FSBackend(Backend):
     def due(self, queue: str, now: float, limit: int) -> list[str]:
         self._recover_posts(queue, now)
         found: list[str] = []
-        for entry in self._due_entries(queue, now):
+        for entry, _ in self._due_entries(queue, now):
             run_id = self._live_entry(queue, entry, now)
             if run_id is not None and run_id not in found:  # listed mid-move: old and new entry
                 found.append(run_id)
@@ -499,19 +510,25 @@ class FSBackend(Backend):
                     break
         return found
 
-    def _due_entries(self, queue: str, now: float) -> Iterator[str]:
-        """The queue's due entries at or before ``now``, earliest first, live or not, listed lazily.
+    def _due_entries(self, queue: str, now: float, cursors: Cursors | None = None) -> Iterator[tuple[str, int]]:
+        """The queue's due entries at or before ``now``, earliest first, live or not, listed lazily, each with
+        the number taken when it was listed (see ``claim_due``).
 
         Paths are strings: a claim may list thousands of names to take one, so
         none costs a ``Path``. The upper buckets' listings are kept while they
-        are unchanged (see ``Listings``); a minute's entries are listed afresh.
+        are unchanged (see ``Listings``); a minute's entries are listed afresh,
+        or walked on from where the last walk with the same ``cursors`` stopped.
         """
-        last = self._entry(queue, "\uffff", now)
+        last_days, last_day, last_minute, last = _bucket_names(now, "\uffff")
         kept = self._listings.names
-        for days in self._buckets(str(self._queue_dir(queue)), last.parents[2].name, kept):
-            for day in self._buckets(days, last.parents[1].name, kept):
-                for minute in self._buckets(day, last.parent.name, kept):
-                    yield from self._buckets(minute, last.name, listed)
+        began = next(self._numbers)
+        for days in self._buckets(self._queue_dir(queue), last_days, kept):
+            for day in self._buckets(days, last_day, kept):
+                for minute in self._buckets(day, last_minute, kept):
+                    if cursors is not None:
+                        yield from cursors.entries(minute, last, self._numbers.__next__)
+                    else:
+                        yield from ((entry, began) for entry in self._buckets(minute, last, listed))
 
     @staticmethod
     def _buckets(folder: str, upto: str, names: Callable[[str], list[str]]) -> Iterator[str]:
@@ -559,9 +576,10 @@ class FSBackend(Backend):
         """As ``due`` then ``acquire_lease``, but lazily: an entry of a run in ``skip`` is counted and not
         checked, and the walk stops once ``limit`` runs are leased.
 
-        An entry this client removed after the walk began is passed over
+        An entry this client removed after it was listed is passed over
         unread: the listing may predate the removal. (Made again since, it
-        is found by the next claim.)
+        is found by the next claim.) Claims walk on through a minute's
+        entries from where the last one stopped (see ``Cursors``).
         """
         with self._claims:
             return self._claim_due(queue, now, owner, ttl, limit=limit, scan=scan, skip=skip)
@@ -572,25 +590,23 @@ class FSBackend(Backend):
         self._recover_posts(queue, now)
         claimed: list[str] = []
         seen: set[str] = set()
-        began = next(self._numbers)
-        for entry in self._due_entries(queue, now):
+        if limit <= 0 or scan <= 0:
+            return claimed
+        # each entry taken from the walk is dealt with: the cursor has gone past it
+        for entry, listing in self._due_entries(queue, now, self._cursors):
+            name = _split_entry(entry)[1]
+            if self._removed.get(entry, -1) > listing:
+                pass
+            elif not name.startswith("~") and (run_id := _run_id_of(name)) in skip:
+                seen.add(run_id)
+            elif self._locks.leased.get(name, 0.0) > now:  # leased by this client: not free, nothing to read
+                seen.add(name)
+            elif (live := self._live_entry(queue, entry, now)) is not None and live not in seen:
+                seen.add(live)  # (a run seen already was listed mid-move: old and new entry)
+                if live not in skip and self._lease_if_due(queue, live, owner, ttl, now):
+                    claimed.append(live)
             if len(claimed) >= limit or len(seen) >= scan:
                 break
-            if self._removed.get(entry, -1) > began:
-                continue
-            name = _split_entry(entry)[1]
-            if not name.startswith("~") and (run_id := _run_id_of(name)) in skip:
-                seen.add(run_id)
-                continue
-            if self._locks.leased.get(name, 0.0) > now:  # leased by this client: not free, nothing to read
-                seen.add(name)
-                continue
-            live = self._live_entry(queue, entry, now)
-            if live is None or live in seen:  # listed mid-move: old and new entry
-                continue
-            seen.add(live)
-            if live not in skip and self._lease_if_due(queue, live, owner, ttl, now):
-                claimed.append(live)
         return claimed
 
     def _lease_if_due(self, queue: str, run_id: str, owner: str, ttl: float, now: float) -> bool:
@@ -665,12 +681,12 @@ class FSBackend(Backend):
         check_run_id(queue)
         check_run_id(message.id)
         if not os.path.isdir(folder):
-            staged = self._tmp / f"run-{uuid.uuid4().hex}"
+            staged = os.path.join(self._tmp, f"run-{uuid.uuid4().hex}")
             try:
                 self._stage_run(staged, run_id, queue, info, message)
                 os.rename(staged, folder)  # fails if the folder was made meanwhile, unless it was still empty
             except OSError:
-                _remove_tree(staged)
+                _remove_tree(Path(staged))
                 if not os.path.isdir(folder):
                     raise
             else:
@@ -678,7 +694,7 @@ class FSBackend(Backend):
                 return
         super().start_run(queue, run_id, info, message)
 
-    def _stage_run(self, staged: Path, run_id: str, queue: str, info: bytes, message: Message) -> None:
+    def _stage_run(self, staged: str, run_id: str, queue: str, info: bytes, message: Message) -> None:
         """The folder of a new run with its summary, start message, due pointer and empty log; then its due entry.
 
         Every file and name is made before the first fsync: a journalling
@@ -687,23 +703,26 @@ class FSBackend(Backend):
         """
         name = os.path.basename(self._folder(run_id))
         entry = self._entry(queue, name, time.time())
-        (staged / "inbox").mkdir(parents=True)
-        durable = [staged / "inbox" / message.id]
+        inbox = os.path.join(staged, "inbox")
+        os.mkdir(staged)
+        os.mkdir(inbox)
+        durable = [os.path.join(inbox, message.id)]
         self._write_new(durable[0], _STAMP.pack(time.time_ns()) + message.body)
         if name.startswith("~"):
-            durable.append(staged / "id")
+            durable.append(os.path.join(staged, "id"))
             self._write_new(durable[-1], run_id.encode())
-        self._write_new(staged / _INFO_SLOTS[0], frame(SEQUENCE.pack(0) + info))  # not fsync'd, as write_info
+        # not fsync'd, as write_info
+        self._write_new(os.path.join(staged, _INFO_SLOTS[0]), frame(SEQUENCE.pack(0) + info))
         # not fsync'd: a pointer lost or torn by a crash reads "", which leaves the run's entries live
-        self._write_new(staged / f"due.{queue}", frame(str(entry).encode()))
+        self._write_new(os.path.join(staged, f"due.{queue}"), frame(entry.encode()))
         # an empty log, made durable by the folder's fsync: the first append then fsyncs no folder
-        self._write_new(staged / "log", b"")
+        self._write_new(os.path.join(staged, "log"), b"")
         self._create_entry(entry, durable=False)
-        for path in (*durable, staged / "inbox", staged, entry.parent):
+        for path in (*durable, inbox, staged, os.path.dirname(entry)):
             self._sync_path(path)
 
     @staticmethod
-    def _write_new(path: Path, data: bytes) -> None:
+    def _write_new(path: str, data: bytes) -> None:
         """A new file in a folder no one else sees yet, written in place (not fsync'd)."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
@@ -750,6 +769,7 @@ class FSBackend(Backend):
             self._release_held_lease(lock, folder, owner)
         finally:
             self._unlock(run_id, lock)
+        self._cursors.forget()  # its entry, still due, may lie behind a claim's walk
 
     def _release_held_lease(self, lock: RunLock, folder: str, owner: str) -> None:
         """``release_lease`` with the run's lock held."""

@@ -152,7 +152,7 @@ def read_info_slot(path: str) -> tuple[int, bytes] | None:
     return SEQUENCE.unpack_from(record)[0], record[SEQUENCE.size :]
 
 
-def fsync_path(path: Path) -> None:
+def fsync_path(path: str | Path) -> None:
     """fsync a folder, or a file written earlier, through a descriptor of its own."""
     fd = os.open(path, os.O_RDONLY)
     try:
