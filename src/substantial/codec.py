@@ -19,6 +19,10 @@ class Codec(Protocol):
     def decode(self, data: bytes) -> Any: ...
 
 
+#: Built once: ``json.dumps`` with options other than the defaults builds an encoder on every call.
+_JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 class JSONCodec:
     """The default: JSON, readable in any tool. Tuples come back as lists."""
 
@@ -26,7 +30,7 @@ class JSONCodec:
 
     def encode(self, value: Any) -> bytes:
         try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+            return _JSON_ENCODER.encode(value).encode()  # ASCII: non-ASCII characters are escaped
         except (TypeError, ValueError) as e:
             raise CodecError(f"{type(value).__name__} is not JSON-encodable: {e}") from e
 
