@@ -410,7 +410,7 @@ def test_a_due_pointer_torn_by_a_crash_keeps_its_run_due_until_a_schedule_writes
 def test_a_due_pointer_written_whole_by_an_earlier_version_is_read(fs: FSBackend) -> None:
     now = time.time()
     fs.schedule("q", "r", now - 1)
-    entry = Path(fs._entry("q", run_dir_name("r"), now - 1))
+    entry = Path(fs._due.path("q", run_dir_name("r"), now - 1))
     _pointer(fs, "r").write_bytes(str(entry).encode())  # the path, not a framed record
     assert fs.due("q", now, 10) == ["r"]
     fs.schedule("q", "r", now + 3600)
@@ -591,18 +591,18 @@ def test_a_claim_passes_over_an_entry_removed_after_its_listing_and_finds_one_ma
     due = time.time() - 1
     for run_id in ("a", "b"):
         fs.schedule("q", run_id, due)
-    listed = list(fs._due_entries("q", time.time()))
-    real_walk = fs._due_entries
+    listed = list(fs._due.walk("q", time.time()))
+    real_walk = fs._due.walk
 
-    def walk_then_remove(queue: str, now: float, cursors: object = None) -> Iterator[tuple[str, int]]:
+    def walk_then_remove(queue: str, now: float, *, claim: bool = False) -> Iterator[tuple[str, int]]:
         fs.unschedule("q", "a")  # a close of this client, after the walk began and its listing was taken
         yield from listed
 
-    monkeypatch.setattr(fs, "_due_entries", walk_then_remove)
+    monkeypatch.setattr(fs._due, "walk", walk_then_remove)
     read = _checks(fs, monkeypatch)
     assert fs.claim_due("q", time.time(), "w", 30, limit=2, scan=10) == ["b"]
     assert read == [listed[1][0]]  # a's entry, removed here after the listing, is not read
-    monkeypatch.setattr(fs, "_due_entries", real_walk)
+    monkeypatch.setattr(fs._due, "walk", real_walk)
     fs.release_lease("b", "w")
     fs.schedule("q", "a", due)  # the same entry, made again: the next claim takes it
     assert fs.claim_due("q", time.time(), "w", 30, limit=2, scan=10) == ["a", "b"]

@@ -23,7 +23,8 @@ filesystem that honours ``flock`` and atomic rename).
 The run's lock is ``flock`` on its lock file, the lock ``filelock`` takes on
 Unix, but on a descriptor each client keeps open for the runs it used last
 (fs_locks.py); how records are framed and the small files read and written
-is in fs_records.py.
+is in fs_records.py; the due index's entry files, and how claims walk them,
+in fs_due.py and fs_listings.py.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import os
 import struct
 import threading
@@ -42,7 +42,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
 from substantial.backends.base import Backend, Claim, Message, check_run_id
-from substantial.backends.fs_listings import Cursors, Listings, listed
+from substantial.backends.fs_due import DueEntries, buckets, split_entry
 from substantial.backends.fs_locks import OPEN_LOCKS, LockTable, RunLock, identity
 from substantial.backends.fs_records import (
     FILE_HEAD,
@@ -69,7 +69,6 @@ _INFO_SLOTS = ("info.0", "info.1")
 POSTING_GRACE = 5.0
 _POSTS_EVERY = 1.0  # seconds between two looks for such markers, per queue
 _FOLDER_NAMES = 4096  # run id -> folder, remembered for the hot paths
-_REMOVED_KEPT = 4096  # due entries removed, remembered so a claim passes them over
 
 
 def run_dir_name(run_id: str) -> str:
@@ -95,19 +94,6 @@ def _run_id_of(name: str) -> str:
     return "".join(out)
 
 
-def _split_entry(entry: str) -> tuple[str, str]:
-    """A due entry's path as (its due time in ms, the run's folder name), as ``_entry`` names it."""
-    due_ms, _, name = os.path.basename(entry).partition("-")
-    return due_ms, name
-
-
-def _bucket_names(due_at: float, name: str) -> tuple[str, str, str, str]:
-    """The names of a due entry's three buckets and of the entry itself (see ``FSBackend._entry``)."""
-    ms = max(int(due_at * 1000), 0)
-    day = ms // 86_400_000
-    return f"{day // 256:05d}", f"{day:08d}", f"{ms // 60_000:011d}", f"{ms:015d}-{name}"
-
-
 def _lease_free(held: tuple[str, float] | None) -> bool:
     """Whether a lease may be taken: none is held, or it expired (a lease is taken once, even by its owner)."""
     return held is None or held[1] <= time.time()
@@ -128,15 +114,10 @@ class FSBackend(Backend):
         self._locks = LockTable(open_locks)
         self._closer = weakref.finalize(self, self._locks.close)
         self._tails: dict[str, tuple[bytes, int, int]] = {}  # run -> (log file id, version, offset)
-        # due entries this client removed, numbered in order (see claim_due)
-        self._removed: dict[str, int] = {}
-        self._numbers = itertools.count()
         self._claims = threading.Lock()
         self._posts_looked: dict[str, float] = {}  # queue -> ``now`` of the last look at its post markers
         self._folders: dict[str, str] = {}
-        self._queue_dirs: dict[str, str] = {}
-        self._listings = Listings()
-        self._cursors = Cursors()
+        self._due = DueEntries(str(self._queues), self._sync_path)
 
     # -- files -------------------------------------------------------------
 
@@ -373,16 +354,6 @@ class FSBackend(Backend):
 
     # -- the due index -----------------------------------------------------
 
-    def _queue_dir(self, queue: str) -> str:
-        folder = self._queue_dirs.get(queue)
-        if folder is None:
-            folder = self._queue_dirs[queue] = os.path.join(self._queues, check_run_id(queue))
-        return folder
-
-    def _entry(self, queue: str, name: str, due_at: float) -> str:
-        """Buckets of 256 days, of a day, of a minute: a poll lists at most a few thousand names."""
-        return os.path.join(self._queue_dir(queue), *_bucket_names(due_at, name))
-
     def _set_entry(self, queue: str, run_id: str, due_at: float | None) -> None:
         """Point the run at a new due entry (or none), then remove the old one; the run's lock is held.
 
@@ -397,42 +368,16 @@ class FSBackend(Backend):
         pointer = os.path.join(folder, f"due.{check_run_id(queue)}")
         old = read_pointer(pointer)
         if due_at is not None:
-            entry = self._entry(queue, os.path.basename(folder), due_at)
+            entry = self._due.path(queue, os.path.basename(folder), due_at)
             if old == entry:
-                self._cursors.made(entry)  # due again, maybe: a claim may have walked past it
+                self._due.due_again(entry)
                 return
-            self._create_entry(entry)
+            self._due.create(entry)
             self._write_pointer(pointer, entry, folder)
         elif old is not None:
             self._write_pointer(pointer, "", folder, durable=False)  # names no entry
         if old:
-            self._remove_entry(old)
-
-    def _create_entry(self, entry: str, *, durable: bool = True) -> None:
-        """An empty file (its name holds the run's folder name), made durable (unless not ``durable``: then
-        by the caller) before a pointer names it."""
-        while True:
-            try:
-                os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-                break
-            except FileNotFoundError:
-                pass
-            with contextlib.suppress(FileNotFoundError):  # another run's move removed an empty bucket: again
-                self._make_buckets(os.path.dirname(entry))
-        self._cursors.made(entry)
-        if durable:
-            self._sync_path(os.path.dirname(entry))  # not empty now: no one removes it
-
-    def _make_buckets(self, bucket: str) -> None:
-        """Make the missing folders down to ``bucket``, each made durable in its parent."""
-        missing = []
-        while not os.path.isdir(bucket):
-            missing.append(bucket)
-            bucket = os.path.dirname(bucket)
-        for folder in reversed(missing):
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(folder)
-            self._sync_path(os.path.dirname(folder))
+            self._due.remove(old)
 
     def _write_pointer(self, pointer: str, entry: str, folder: str, *, durable: bool = True) -> None:
         """Write the run's due pointer in place: one framed record, fsync'd (its folder too when new).
@@ -452,20 +397,6 @@ class FSBackend(Backend):
             os.close(fd)
         if created and durable:
             self._sync_path(folder)
-
-    def _remove_entry(self, entry: str) -> None:
-        if len(self._removed) >= _REMOVED_KEPT:
-            self._removed.clear()
-        self._removed[entry] = next(self._numbers)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(entry)
-        folder = entry
-        for _ in range(3):
-            folder = os.path.dirname(folder)
-            try:
-                os.rmdir(folder)  # empty buckets go, so polls list only live ones
-            except OSError:
-                break
 
     def schedule(self, queue: str, run_id: str, due_at: float) -> None:
         with self._locked(run_id):
@@ -489,7 +420,7 @@ class FSBackend(Backend):
             return
         self._posts_looked[queue] = now
         cutoff = f"{int((now - POSTING_GRACE) * 1e9):020d}"
-        for marker in self._buckets(str(self._posting), cutoff, listed):
+        for marker in buckets(str(self._posting), cutoff):
             raw = read_file(marker)
             if raw is None:
                 continue
@@ -502,7 +433,7 @@ class FSBackend(Backend):
     def due(self, queue: str, now: float, limit: int) -> list[str]:
         self._recover_posts(queue, now)
         found: list[str] = []
-        for entry, _ in self._due_entries(queue, now):
+        for entry, _ in self._due.walk(queue, now):
             run_id = self._live_entry(queue, entry, now)
             if run_id is not None and run_id not in found:  # listed mid-move: old and new entry
                 found.append(run_id)
@@ -510,46 +441,17 @@ class FSBackend(Backend):
                     break
         return found
 
-    def _due_entries(self, queue: str, now: float, cursors: Cursors | None = None) -> Iterator[tuple[str, int]]:
-        """The queue's due entries at or before ``now``, earliest first, live or not, listed lazily, each with
-        the number taken when it was listed (see ``claim_due``).
-
-        Paths are strings: a claim may list thousands of names to take one, so
-        none costs a ``Path``. The upper buckets' listings are kept while they
-        are unchanged (see ``Listings``); a minute's entries are listed afresh,
-        or walked on from where the last walk with the same ``cursors`` stopped.
-        """
-        last_days, last_day, last_minute, last = _bucket_names(now, "\uffff")
-        kept = self._listings.names
-        began = next(self._numbers)
-        for days in self._buckets(self._queue_dir(queue), last_days, kept):
-            for day in self._buckets(days, last_day, kept):
-                for minute in self._buckets(day, last_minute, kept):
-                    if cursors is not None:
-                        yield from cursors.entries(minute, last, self._numbers.__next__)
-                    else:
-                        yield from ((entry, began) for entry in self._buckets(minute, last, listed))
-
-    @staticmethod
-    def _buckets(folder: str, upto: str, names: Callable[[str], list[str]]) -> Iterator[str]:
-        """The paths of ``folder``'s names up to ``upto``, in order."""
-        prefix = folder + os.sep
-        for name in names(folder):
-            if name > upto:
-                return
-            yield prefix + name
-
     def _live_entry(self, queue: str, entry: str, now: float) -> str | None:
         """The run of a due entry, or None (and the entry removed) if its run moved on."""
-        due_ms, name = _split_entry(entry)
+        due_ms, name = split_entry(entry)
         if not os.path.isdir(os.path.join(self._runs, name)):
             # no folder: its run was deleted, or start_run is renaming it into place (the entry comes first)
             if int(due_ms) < (now - POSTING_GRACE) * 1000:
-                self._remove_entry(entry)
+                self._due.remove(entry)
             return None
         run_id = self._run_id_in(name)
         if run_id is None:
-            self._remove_entry(entry)  # its run was deleted
+            self._due.remove(entry)  # its run was deleted
             return None
         pointer = os.path.join(self._runs, name, f"due.{queue}")
         if read_pointer(pointer) == entry:
@@ -558,7 +460,7 @@ class FSBackend(Backend):
             named = read_pointer(pointer)
             if named in (entry, ""):  # "": torn by a crash, the turn writes it again
                 return run_id
-            self._remove_entry(entry)
+            self._due.remove(entry)
             return None
 
     def _run_id_in(self, name: str) -> str | None:
@@ -593,9 +495,9 @@ class FSBackend(Backend):
         if limit <= 0 or scan <= 0:
             return claimed
         # each entry taken from the walk is dealt with: the cursor has gone past it
-        for entry, listing in self._due_entries(queue, now, self._cursors):
-            name = _split_entry(entry)[1]
-            if self._removed.get(entry, -1) > listing:
+        for entry, listing in self._due.walk(queue, now, claim=True):
+            name = split_entry(entry)[1]
+            if self._due.removed_since(entry, listing):
                 pass
             elif not name.startswith("~") and (run_id := _run_id_of(name)) in skip:
                 seen.add(run_id)
@@ -620,7 +522,7 @@ class FSBackend(Backend):
             named = read_pointer(os.path.join(folder, f"due.{queue}"))
             if named is None:
                 return False
-            due_ms = _split_entry(named)[0]
+            due_ms = split_entry(named)[0]
             if due_ms.isdigit() and int(due_ms) > now * 1000:
                 return False
             return self._swap_held_lease(lock, folder, owner, ttl, _lease_free)
@@ -702,7 +604,7 @@ class FSBackend(Backend):
         after it only wait for a flush of the disk's cache.
         """
         name = os.path.basename(self._folder(run_id))
-        entry = self._entry(queue, name, time.time())
+        entry = self._due.path(queue, name, time.time())
         inbox = os.path.join(staged, "inbox")
         os.mkdir(staged)
         os.mkdir(inbox)
@@ -717,7 +619,7 @@ class FSBackend(Backend):
         self._write_new(os.path.join(staged, f"due.{queue}"), frame(entry.encode()))
         # an empty log, made durable by the folder's fsync: the first append then fsyncs no folder
         self._write_new(os.path.join(staged, "log"), b"")
-        self._create_entry(entry, durable=False)
+        self._due.create(entry, durable=False)
         for path in (*durable, inbox, staged, os.path.dirname(entry)):
             self._sync_path(path)
 
@@ -769,7 +671,7 @@ class FSBackend(Backend):
             self._release_held_lease(lock, folder, owner)
         finally:
             self._unlock(run_id, lock)
-        self._cursors.forget()  # its entry, still due, may lie behind a claim's walk
+        self._due.let_go()
 
     def _release_held_lease(self, lock: RunLock, folder: str, owner: str) -> None:
         """``release_lease`` with the run's lock held."""
@@ -841,7 +743,7 @@ class FSBackend(Backend):
             for pointer in path.glob("due.*"):
                 entry = read_pointer(str(pointer))
                 if entry:
-                    self._remove_entry(entry)
+                    self._due.remove(entry)
             graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"
             os.rename(path, graveyard)
             self._tails.pop(run_id, None)
