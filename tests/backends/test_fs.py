@@ -244,11 +244,11 @@ def test_idle_lock_files_stay_open_for_the_runs_used_last_and_no_more(tmp_path: 
     fs = FSBackend(tmp_path / "store", fsync=False, open_locks=8)
     for i in range(50):
         fs.append_log(f"r{i}", [b"x"], 0)
-    assert _store_fds(fs.root) == 8
+    assert _store_fds(fs.root) == 16  # the eight runs used last: their lock files and logs
     fs.append_log("r49", [b"y"], 1)  # a run used last keeps its lock file open: no reopening
-    assert _store_fds(fs.root) == 8
+    assert _store_fds(fs.root) == 16
     fs.delete_run("r49")
-    assert _store_fds(fs.root) == 7
+    assert _store_fds(fs.root) == 14
     fs.close()
     assert _store_fds(fs.root) == 0
 
@@ -265,6 +265,39 @@ def test_a_run_deleted_and_made_again_gets_a_fresh_lock(tmp_path: Path) -> None:
     blocked.join(10)
     assert not blocked.is_alive()
     assert a.read_log("r") == ([b"new", b"b"], 2)
+
+
+def test_an_append_to_a_log_kept_open_opens_no_file(fs: FSBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs.append_log("r", [b"a"], 0)
+    opened = _recorded(monkeypatch, os, "open")
+    reads = _recorded(monkeypatch, os, "pread")
+    assert fs.append_log("r", [b"b"], 1) == 2
+    assert opened == [] and reads == []  # no open, no read of the head: the kept file and its size
+    assert fs.read_log("r") == ([b"a", b"b"], 2)
+
+
+@pytest.mark.parametrize("change", ["replace", "delete"])
+def test_an_append_after_another_client_moved_the_log_goes_to_the_new_one(tmp_path: Path, change: str) -> None:
+    a, b = FSBackend(tmp_path / "store"), FSBackend(tmp_path / "store")
+    a.append_log("r", [b"old"], 0)  # a keeps r's log open
+    if change == "replace":
+        assert b.replace_log("r", [b"new"], 1) == 1
+    else:
+        b.delete_run("r")
+        b.append_log("r", [b"new"], 0)
+    assert a.append_log("r", [b"a"], 1) == 2
+    assert b.read_log("r") == ([b"new", b"a"], 2)
+    with pytest.raises(Conflict):
+        a.append_log("r", [b"stale"], 1)
+
+
+@needs_proc
+def test_an_append_after_this_client_replaced_the_log_goes_to_the_new_one(fs: FSBackend) -> None:
+    fs.append_log("r", [b"a", b"b"], 0)
+    assert fs.replace_log("r", [b"ab"], 2) == 1
+    assert _store_fds(fs.root) == 1  # the lock file: the replaced log is closed, not kept until the next append
+    assert fs.append_log("r", [b"c"], 1) == 2
+    assert FSBackend(fs.root).read_log("r") == ([b"ab", b"c"], 2)
 
 
 def test_a_lease_file_stays_open_with_its_lock_and_closes_with_it(tmp_path: Path) -> None:
@@ -639,14 +672,14 @@ def test_post_markers_are_looked_for_once_a_second_and_then_found(
     assert list((fs.root / "posting").iterdir()) == []
 
 
-def _recorded(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[str]:
-    """The folders that ``owner.name(folder)`` is called with from now on, recorded as it runs."""
-    calls: list[str] = []
+def _recorded(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[Any]:
+    """The first arguments (a folder, a path, a descriptor) ``owner.name`` is called with from now on, as it runs."""
+    calls: list[Any] = []
     real = getattr(owner, name)
 
-    def recording(folder: str) -> list[str]:
-        calls.append(folder)
-        return real(folder)  # type: ignore[no-any-return]
+    def recording(first: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(first)
+        return real(first, *args, **kwargs)
 
     monkeypatch.setattr(owner, name, recording)
     return calls

@@ -229,19 +229,24 @@ class FSBackend(Backend):
 
     # -- the log -----------------------------------------------------------
 
-    def _scan(self, run_id: str, fd: int, after: int) -> tuple[list[bytes], int, bytes, int, int]:
+    def _scan(
+        self, run_id: str, fd: int, after: int, size: int = -1, file_id: bytes = b""
+    ) -> tuple[list[bytes], int, bytes, int, int]:
         """Records from position ``after``, the version, the file's id, where its last whole record ends, its size.
 
         The offset of the last known version is cached per log file, named by
         the random id at the head of the file (inode numbers get reused when a
         log is replaced or deleted). A file too short for its head is empty.
+        ``size`` and ``file_id``, when the caller knows them, are not read again.
         """
-        size = os.fstat(fd).st_size
+        if size < 0:
+            size = os.fstat(fd).st_size
         if size < FILE_HEAD:
             return [], 0, b"", 0, size
-        file_id = os.pread(fd, FILE_HEAD, 0)
-        if not file_id.startswith(MAGIC):
-            raise CorruptRecord(f"run {run_id!r}: its log file does not begin as a Substantial log")
+        if not file_id:
+            file_id = os.pread(fd, FILE_HEAD, 0)
+            if not file_id.startswith(MAGIC):
+                raise CorruptRecord(f"run {run_id!r}: its log file does not begin as a Substantial log")
         known = self._tails.get(run_id)
         start_version, start_offset = 0, FILE_HEAD
         if known is not None and known[0] == file_id and known[1] <= after:
@@ -274,45 +279,69 @@ class FSBackend(Backend):
     def append_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
         lock, folder = self._lock(run_id)
         try:
-            return self._append(run_id, folder, records, expected_version)
+            return self._append(lock, run_id, folder, records, expected_version)
         finally:
             self._unlock(run_id, lock)
 
-    def _append(self, run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
+    def _append(self, lock: RunLock, run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
         """Append under the run's lock: no other writer can move or create the log meanwhile."""
-        log_path = os.path.join(folder, "log")
-        try:
-            fd, created = os.open(log_path, os.O_RDWR | os.O_CLOEXEC), False
-        except FileNotFoundError:
-            fd, created = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
-        try:
-            _, version, file_id, offset, size = self._scan(run_id, fd, 2**62)
-            if version != expected_version:
-                raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
-            if size != offset:
-                os.ftruncate(fd, offset)  # drop a torn tail (or a torn head) before writing after it
-            if offset == 0:
-                file_id = new_file_head()
-                data = file_id + b"".join(frame(r) for r in records)
-            else:
-                data = b"".join(frame(r) for r in records)
-            pwrite_all(fd, data, offset)
-            self._sync(fd)
-        finally:
-            os.close(fd)
+        fd, size, created = self._open_log(lock, folder)
+        _, version, file_id, offset, size = self._scan(run_id, fd, 2**62, size, lock.log_head)
+        if version != expected_version:
+            raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
+        if size != offset:
+            os.ftruncate(fd, offset)  # drop a torn tail (or a torn head) before writing after it
+        if offset == 0:
+            file_id = new_file_head()
+            data = file_id + b"".join(frame(r) for r in records)
+        else:
+            data = b"".join(frame(r) for r in records)
+        pwrite_all(fd, data, offset)
+        self._sync(fd)
+        lock.log_head = file_id  # written whole: the head of this file, for good
         if created:
             self._sync_path(folder)
         self._tails[run_id] = (file_id, version + len(records), offset + len(data))
         return version + len(records)
 
+    @staticmethod
+    def _open_log(lock: RunLock, folder: str) -> tuple[int, int, bool]:
+        """The run's log kept open with its lock, its size, and whether it was just made; the lock is held.
+
+        The kept descriptor is used while the path still names its file: a
+        ``replace_log`` or ``delete_run`` elsewhere moves another file there,
+        and a file kept open cannot lend its inode number to another. One
+        ``stat`` then replaces an open, a read of the head and a close.
+        """
+        path = os.path.join(folder, "log")
+        if lock.log_fd >= 0:
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                pass
+            else:
+                if identity(st) == lock.log_identity:
+                    return lock.log_fd, st.st_size, False
+        try:
+            fd, created = os.open(path, os.O_RDWR | os.O_CLOEXEC), False
+        except FileNotFoundError:
+            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+        st = os.fstat(fd)
+        lock.keep_log(fd, st)
+        return fd, st.st_size, created
+
     def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
-        with self._locked(run_id) as path:
+        lock, folder = self._lock(run_id)
+        try:
             _, version = self._read_log(run_id, after=2**62)
             if version != expected_version:
                 raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
-            self._write(path / "log", new_file_head() + b"".join(frame(r) for r in records))
+            self._write(Path(folder, "log"), new_file_head() + b"".join(frame(r) for r in records))
+            lock.close_log()
             self._tails.pop(run_id, None)
             return len(records)
+        finally:
+            self._unlock(run_id, lock)
 
     # -- the inbox -----------------------------------------------------------
 
@@ -551,7 +580,7 @@ class FSBackend(Backend):
         lock, folder = self._lock(run_id)
         try:
             if records:
-                self._append(run_id, folder, records, expected_version)
+                self._append(lock, run_id, folder, records, expected_version)
             if info is not None:
                 self._write_info(folder, info)
             self.ack(run_id, ack)
