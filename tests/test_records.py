@@ -68,6 +68,26 @@ def test_json_codec_round_trips_plain_data_and_refuses_the_rest() -> None:
         codec.decode(b"{not json")
 
 
+@pytest.mark.parametrize(
+    ("data", "value"),
+    [
+        (b' {"a": 1}\n', {"a": 1}),  # written by hand or another tool: whitespace
+        (b'\xef\xbb\xbf{"a":1}', {"a": 1}),  # a byte order mark
+        ('{"é":[1]}'.encode("utf-16"), {"é": [1]}),
+        ('"é"'.encode(), "é"),  # UTF-8 as it is
+        (b'"\\u00e9"', "é"),
+    ],
+)
+def test_json_codec_reads_whatever_json_loads_reads(data: bytes, value: Any) -> None:
+    assert JSONCodec().decode(data) == value
+
+
+@pytest.mark.parametrize("data", [b"", b"[1,2", b"1 2", b'{"a":1}x', b"\xff", b"{'a': 1}"])
+def test_json_codec_refuses_what_json_loads_refuses(data: bytes) -> None:
+    with pytest.raises(CodecError, match="not valid JSON"):
+        JSONCodec().decode(data)
+
+
 def test_pickle_codec_round_trips_objects() -> None:
     codec = PickleCodec()
     assert codec.decode(codec.encode({1, 2})) == {1, 2}

@@ -21,6 +21,7 @@ class Codec(Protocol):
 
 #: Built once: ``json.dumps`` with options other than the defaults builds an encoder on every call.
 _JSON_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_JSON_DECODER = json.JSONDecoder()
 
 
 class JSONCodec:
@@ -35,6 +36,15 @@ class JSONCodec:
             raise CodecError(f"{type(value).__name__} is not JSON-encodable: {e}") from e
 
     def decode(self, data: bytes) -> Any:
+        """The value ``data`` holds; what ``encode`` writes is read without ``json.loads``'s checks of
+        encoding and surrounding whitespace (2.4 -> 0.5 µs for a step's result), anything else with them."""
+        try:
+            text = data.decode()
+            value, end = _JSON_DECODER.raw_decode(text)
+            if end == len(text):
+                return value
+        except ValueError:  # UnicodeDecodeError too: UTF-16, a byte order mark
+            pass
         try:
             return json.loads(data)
         except ValueError as e:
