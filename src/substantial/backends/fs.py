@@ -9,7 +9,8 @@ Layout under the root (see docs/backends.md)::
     runs/<name>/lease          owner and expiry of the lease: a framed record
     runs/<name>/due.<queue>    which due entry is the run's, on that queue: a framed record
     runs/<name>/id             the run id, when the name cannot spell it
-    queues/<queue>/<256 days>/<day>/<minute>/<due ms>-<name>   the due index (empty files)
+    queues/<queue>/<256 days>/<day>/<minute>/<due ms>-<name>   the due index (links to a blank)
+    blank/<n>                  the empty files due entries are hard links to
     posting/<ns>-<uuid>        a post in progress: its queue and run
     tmp/                       files being written, renamed into place
 
@@ -117,7 +118,7 @@ class FSBackend(Backend):
         self._claims = threading.Lock()
         self._posts_looked: dict[str, float] = {}  # queue -> ``now`` of the last look at its post markers
         self._folders: dict[str, str] = {}
-        self._due = DueEntries(str(self._queues), self._sync_path)
+        self._due = DueEntries(str(self._queues), str(self.root / "blank"), self._sync_path)
 
     # -- files -------------------------------------------------------------
 

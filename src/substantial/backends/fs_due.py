@@ -4,13 +4,20 @@
 poll lists the buckets up to now and reaches the entries that are due,
 touching a bounded number of names however many runs are parked. Which entry
 is a run's current one is the run's due pointer, kept by ``FSBackend``.
+
+Entries are hard links to an empty file in ``blank/`` (``Blanks``): making
+one costs no new inode and removing one frees none. Making a file cost 55 to
+800 µs of kernel CPU on ext4 without a journal here (it passes over every
+inode freed in the last half minute), a hard link 11 µs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator
 
 from substantial.backends.base import check_run_id
@@ -41,6 +48,65 @@ def buckets(folder: str, upto: str, names: Callable[[str], list[str]] = listed) 
         yield prefix + name
 
 
+class Blanks:
+    """The empty files due entries are hard links to: ``blank/<n>``, the highest ``n`` in use.
+
+    A blank that has as many links as its filesystem allows (``EMLINK``:
+    65,000 on ext4) is followed by the next. On a filesystem without hard
+    links entries are plain empty files, as before.
+    """
+
+    def __init__(self, folder: str, sync_path: Callable[[str], None]) -> None:
+        self._folder = folder
+        self._sync_path = sync_path
+        self._lock = threading.Lock()
+        self._path: str | None = None
+        self.linking = True
+
+    def make(self, entry: str) -> None:
+        """Make ``entry`` (kept if it exists) a link to the current blank.
+
+        Raises ``FileNotFoundError`` if the entry's bucket is not there.
+        """
+        while self.linking:
+            blank = self._path or self._current()
+            try:
+                os.link(blank, entry)
+                return
+            except FileExistsError:
+                return
+            except FileNotFoundError:
+                if os.path.exists(blank):
+                    raise  # the entry's bucket is missing
+                self._path = None  # the blank was removed under us: find or make one again
+            except OSError as e:
+                if e.errno == errno.EMLINK:
+                    self._current(full=blank)
+                elif e.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    self.linking = False
+                else:
+                    raise
+        os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+
+    def _current(self, full: str | None = None) -> str:
+        """The blank to link to: the highest in the folder (made if none is), or the one after ``full``."""
+        with self._lock:
+            if self._path is not None and self._path != full:
+                return self._path  # another thread found it, or moved on past ``full``, already
+            os.makedirs(self._folder, exist_ok=True)
+            number = max((int(name) for name in os.listdir(self._folder) if name.isdigit()), default=0)
+            path = os.path.join(self._folder, str(number))
+            if path == full:
+                path = os.path.join(self._folder, str(number + 1))
+            if not os.path.exists(path):
+                with contextlib.suppress(FileExistsError):
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+                self._sync_path(path)
+                self._sync_path(self._folder)
+            self._path = path
+            return path
+
+
 class DueEntries:
     """One client's view of a store's due entries: it makes, removes and walks them.
 
@@ -50,9 +116,10 @@ class DueEntries:
     fsync off).
     """
 
-    def __init__(self, queues: str, sync_path: Callable[[str], None]) -> None:
+    def __init__(self, queues: str, blanks: str, sync_path: Callable[[str], None]) -> None:
         self._queues = queues
         self._sync_path = sync_path
+        self.blanks = Blanks(blanks, sync_path)
         self._dirs: dict[str, str] = {}
         self._removed: dict[str, int] = {}
         self._numbers = itertools.count()
@@ -73,7 +140,7 @@ class DueEntries:
         """Make the entry (and its buckets), made durable (unless not ``durable``: then by the caller)."""
         while True:
             try:
-                os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+                self.blanks.make(entry)
                 break
             except FileNotFoundError:
                 pass
