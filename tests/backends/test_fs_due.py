@@ -124,3 +124,59 @@ def test_an_entry_an_earlier_version_made_as_a_plain_file_is_found_and_moved(fs:
     assert not entry.exists()
     (moved,) = _entries(fs)
     assert moved.stat().st_ino == (fs.root / "blank" / "0").stat().st_ino
+
+
+def _minute_bucket(fs: FSBackend, due_at: float, queue: str = "q") -> Path:
+    return Path(fs._due.path(queue, "x", due_at)).parent
+
+
+def test_a_bucket_of_this_minute_stays_when_its_last_entry_goes_and_is_used_again(
+    fs: FSBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []
+    real_mkdir = os.mkdir
+    for attempt in range(3):  # again if a new minute began in between
+        now = time.time()
+        fs.schedule("q", f"a{attempt}", now)
+        fs.unschedule("q", f"a{attempt}")
+        made.clear()
+        monkeypatch.setattr(os, "mkdir", lambda path, *args: made.append(path) or real_mkdir(path, *args))
+        fs.schedule("q", f"a{attempt}", now)
+        monkeypatch.undo()
+        if _minute_bucket(fs, now) == _minute_bucket(fs, time.time()):
+            break
+    assert made == []  # no bucket made again
+    fs.unschedule("q", f"a{attempt}")
+    assert _minute_bucket(fs, now).is_dir()
+    assert _entries(fs) == []
+
+
+def test_a_past_bucket_goes_with_its_last_entry(fs: FSBackend) -> None:
+    now = time.time()
+    past = now - 3 * 86400
+    fs.schedule("q", "r", past)
+    fs.schedule("q", "r", now + 3600)
+    minute = _minute_bucket(fs, past)
+    assert not minute.exists() and not minute.parent.exists()  # the minute's and the day's
+    assert fs.due("q", now + 3600, 10) == ["r"]
+
+
+@pytest.mark.parametrize("walk", ["due", "claim"])
+def test_a_walk_removes_an_empty_bucket_once_it_is_past(fs: FSBackend, walk: str) -> None:
+    now = time.time()
+    fs.schedule("q", "r", now)
+    fs.schedule("q", "r", now + 86400)  # this minute's bucket stays, empty
+    minute = _minute_bucket(fs, now)
+    assert minute.is_dir()
+    if walk == "due":
+        assert fs.due("q", now, 10) == []
+    else:
+        assert fs.claim_due("q", now, "w", 30, limit=1, scan=10) == []
+    assert minute.is_dir()  # not past yet
+    later = now + 120
+    if walk == "due":
+        assert fs.due("q", later, 10) == []
+    else:
+        assert fs.claim_due("q", later, "w", 30, limit=1, scan=10) == []
+    assert not minute.exists()
+    assert fs.due("q", now + 86400, 10) == ["r"]

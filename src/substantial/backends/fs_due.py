@@ -18,6 +18,7 @@ import errno
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from substantial.backends.base import check_run_id
@@ -170,19 +171,34 @@ class DueEntries:
         self._cursors.forget()
 
     def remove(self, entry: str) -> None:
-        """Remove the entry (not fsync'd: one that comes back is stale), then its buckets if empty."""
+        """Remove the entry (not fsync'd: one that comes back is stale), then its buckets if empty and past.
+
+        A bucket of this minute or later stays, empty or not: the next run due
+        now would make it again, with its parents (a folder each, each fsync'd
+        into its parent). A walk removes it once it is past and empty.
+        """
         if len(self._removed) >= _REMOVED_KEPT:
             self._removed.clear()
         self._removed[entry] = next(self._numbers)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(entry)
-        folder = entry
-        for _ in range(3):
-            folder = os.path.dirname(folder)
+        self._prune(os.path.dirname(entry), time.time())
+
+    @staticmethod
+    def _prune(minute: str, now: float) -> None:
+        """Remove the minute bucket, then its day's, then its 256 days', each if empty and wholly before ``now``.
+
+        Empty buckets go, so polls list only live ones.
+        """
+        folder = minute
+        for current in reversed(_bucket_names(now, "")[:3]):
+            if os.path.basename(folder) >= current:
+                return
             try:
-                os.rmdir(folder)  # empty buckets go, so polls list only live ones
-            except OSError:
-                break
+                os.rmdir(folder)
+            except OSError:  # not empty, or gone already
+                return
+            folder = os.path.dirname(folder)
 
     def removed_since(self, entry: str, number: int) -> bool:
         """Whether this client removed ``entry`` after the listing numbered ``number`` was taken."""
@@ -196,7 +212,7 @@ class DueEntries:
         none costs a ``Path``. The upper buckets' listings are kept while they
         are unchanged (``Listings``); a minute's entries are listed afresh, or,
         for a ``claim``, walked on from where this client's last claim stopped
-        (``Cursors``).
+        (``Cursors``). A minute bucket found empty is removed once it is past.
         """
         last_days, last_day, last_minute, last = _bucket_names(now, "\uffff")
         kept = self._listings.names
@@ -205,6 +221,12 @@ class DueEntries:
             for day in buckets(days, last_day, kept):
                 for minute in buckets(day, last_minute, kept):
                     if claim:
-                        yield from self._cursors.entries(minute, last, self._numbers.__next__)
+                        listing = self._cursors.entries(minute, last, self._numbers.__next__)
                     else:
-                        yield from ((entry, began) for entry in buckets(minute, last))
+                        listing = ((entry, began) for entry in buckets(minute, last))
+                    empty = True
+                    for item in listing:
+                        empty = False
+                        yield item
+                    if empty:
+                        self._prune(minute, now)
