@@ -37,7 +37,6 @@ import os
 import struct
 import threading
 import time
-import uuid
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
@@ -58,6 +57,7 @@ from substantial.backends.fs_records import (
     read_info_slot,
     read_lease,
     read_pointer,
+    unique_name,
     write_lease,
 )
 from substantial.errors import Conflict, CorruptRecord
@@ -158,7 +158,7 @@ class FSBackend(Backend):
 
     def _write(self, path: Path, data: bytes, *, durable: bool = True) -> None:
         """Replace ``path`` atomically: write a temporary file, fsync it, rename it into place."""
-        tmp = self._tmp / uuid.uuid4().hex
+        tmp = self._tmp / unique_name()
         with open(tmp, "wb") as f:
             f.write(data)
             if durable:
@@ -355,7 +355,7 @@ class FSBackend(Backend):
         """
         check_run_id(message.id)
         path = Path(self._ensure_dir(run_id), "inbox", message.id)
-        marker = self._posting / f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+        marker = self._posting / f"{time.time_ns():020d}-{unique_name()}"
         self._write(marker, f"{check_run_id(queue)}\n{run_id}".encode())
         if not path.exists():
             self._write(path, _STAMP.pack(time.time_ns()) + message.body)
@@ -607,23 +607,23 @@ class FSBackend(Backend):
         whose run has no folder yet, and removes it once it is older than
         ``POSTING_GRACE`` (a start that died before its rename). A run whose
         folder exists already (a send came first) is started as ``write_info``
-        and ``post`` start it.
+        and ``post`` start it, once its rename fails: looking first cost every
+        start a system call for a case that is rare.
         """
         folder = self._folder(run_id)
         check_run_id(queue)
         check_run_id(message.id)
-        if not os.path.isdir(folder):
-            staged = os.path.join(self._tmp, f"run-{uuid.uuid4().hex}")
-            try:
-                self._stage_run(staged, run_id, queue, info, message)
-                os.rename(staged, folder)  # fails if the folder was made meanwhile, unless it was still empty
-            except OSError:
-                _remove_tree(Path(staged))
-                if not os.path.isdir(folder):
-                    raise
-            else:
-                self._sync_path(self._runs)
-                return
+        staged = os.path.join(self._tmp, f"run-{unique_name()}")
+        try:
+            self._stage_run(staged, run_id, queue, info, message)
+            os.rename(staged, folder)  # fails if the folder exists, unless it is empty (a poster died in it)
+        except OSError:
+            _remove_tree(Path(staged))
+            if not os.path.isdir(folder):
+                raise
+        else:
+            self._sync_path(self._runs)
+            return
         super().start_run(queue, run_id, info, message)
 
     def _stage_run(self, staged: str, run_id: str, queue: str, info: bytes, message: Message) -> None:
@@ -638,29 +638,40 @@ class FSBackend(Backend):
         inbox = os.path.join(staged, "inbox")
         os.mkdir(staged)
         os.mkdir(inbox)
-        durable = [os.path.join(inbox, message.id)]
-        self._write_new(durable[0], _STAMP.pack(time.time_ns()) + message.body)
-        if name.startswith("~"):
-            durable.append(os.path.join(staged, "id"))
-            self._write_new(durable[-1], run_id.encode())
-        # not fsync'd, as write_info
-        self._write_new(os.path.join(staged, _INFO_SLOTS[0]), frame(SEQUENCE.pack(0) + info))
-        # not fsync'd: a pointer lost or torn by a crash reads "", which leaves the run's entries live
-        self._write_new(os.path.join(staged, f"due.{queue}"), frame(entry.encode()))
-        # an empty log, made durable by the folder's fsync: the first append then fsyncs no folder
-        self._write_new(os.path.join(staged, "log"), b"")
-        self._due.create(entry, durable=False)
+        stamped = _STAMP.pack(time.time_ns()) + message.body
+        message_fd = self._write_new(os.path.join(inbox, message.id), stamped, keep=True)
+        durable = []
+        try:
+            if name.startswith("~"):
+                durable.append(os.path.join(staged, "id"))
+                self._write_new(durable[-1], run_id.encode())
+            # not fsync'd, as write_info
+            self._write_new(os.path.join(staged, _INFO_SLOTS[0]), frame(SEQUENCE.pack(0) + info))
+            # not fsync'd: a pointer lost or torn by a crash reads "", which leaves the run's entries live
+            self._write_new(os.path.join(staged, f"due.{queue}"), frame(entry.encode()))
+            # an empty log, made durable by the folder's fsync: the first append then fsyncs no folder
+            self._write_new(os.path.join(staged, "log"), b"")
+            self._due.create(entry, durable=False)
+            self._sync(message_fd)
+        finally:
+            os.close(message_fd)
         for path in (*durable, inbox, staged, os.path.dirname(entry)):
             self._sync_path(path)
 
     @staticmethod
-    def _write_new(path: str, data: bytes) -> None:
-        """A new file in a folder no one else sees yet, written in place (not fsync'd)."""
+    def _write_new(path: str, data: bytes, *, keep: bool = False) -> int:
+        """A new file in a folder no one else sees yet, written in place (not fsync'd); its descriptor if
+        ``keep`` (the caller closes it), else -1."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             pwrite_all(fd, data, 0)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        if keep:
+            return fd
+        os.close(fd)
+        return -1
 
     # -- leases --------------------------------------------------------------
 
@@ -774,7 +785,7 @@ class FSBackend(Backend):
                 entry = read_pointer(str(pointer))
                 if entry:
                     self._due.remove(entry)
-            graveyard = self._tmp / f"deleted-{uuid.uuid4().hex}"
+            graveyard = self._tmp / f"deleted-{unique_name()}"
             os.rename(path, graveyard)
             self._tails.pop(run_id, None)
             self._locks.leased.pop(path.name, None)

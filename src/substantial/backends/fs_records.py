@@ -10,6 +10,7 @@ means in each).
 from __future__ import annotations
 
 import os
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -27,7 +28,16 @@ POINTER_READ = 4_160  # a due pointer holds one path (PATH_MAX is 4,096) in a fr
 
 
 def new_file_head() -> bytes:
-    return MAGIC + os.urandom(8)
+    return MAGIC + random.getrandbits(64).to_bytes(8, "big")
+
+
+def unique_name() -> str:
+    """128 random bits in hex, for a file in ``tmp/`` or ``posting/`` that no other will be named.
+
+    From the ``random`` module, seeded from the system at start and again in a
+    forked child: ``uuid4`` costs a system call each (``os.urandom``).
+    """
+    return f"{random.getrandbits(128):032x}"
 
 
 def frame(record: bytes) -> bytes:
