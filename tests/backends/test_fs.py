@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from substantial.backends import FSBackend, Message, from_url, fs_listings
+from substantial.backends import fs as fs_module
 from substantial.backends.fs import POSTING_GRACE, run_dir_name
 from substantial.backends.fs_records import FILE_HEAD, frame
 from substantial.errors import Conflict, CorruptRecord, InvalidRunId
@@ -582,15 +583,15 @@ def test_a_start_makes_five_fsyncs(fs: FSBackend, monkeypatch: pytest.MonkeyPatc
 
 
 def _checks(fs: FSBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The due entries a claim reads (``_live_entry``), recorded as it goes."""
+    """The due entries a claim reads (``_entry_run``), recorded as it goes."""
     read: list[str] = []
-    real = fs._live_entry
+    real = fs._entry_run
 
-    def live_entry(queue: str, entry: str, now: float) -> str | None:
+    def entry_run(entry: str, now: float) -> str | None:
         read.append(entry)
-        return real(queue, entry, now)
+        return real(entry, now)
 
-    monkeypatch.setattr(fs, "_live_entry", live_entry)
+    monkeypatch.setattr(fs, "_entry_run", entry_run)
     return read
 
 
@@ -606,6 +607,23 @@ def test_a_claim_passes_over_the_runs_this_client_leased_without_reading_them(
     assert [os.path.basename(e).partition("-")[2] for e in read] == ["b"]  # "a" is leased here: not read
     fs.release_lease("a", "w1")
     assert fs.claim_due("q", time.time(), "w2", 30, limit=1, scan=10) == ["a"]  # let go: free again
+
+
+def test_a_claim_reads_a_runs_pointer_once_under_its_lock(fs: FSBackend, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs.schedule("q", "a", time.time() - 1)
+    pointers = _recorded(monkeypatch, fs_module, "read_pointer")
+    assert fs.claim_due("q", time.time(), "w", 30, limit=1, scan=10) == ["a"]
+    assert len(pointers) == 1
+
+
+def test_a_claim_removes_a_stale_entry_and_leases_its_run_by_the_live_one(fs: FSBackend) -> None:
+    now = time.time()
+    fs.schedule("q", "r", now - 0.5)
+    (live,) = (p for p in (fs.root / "queues" / "q").rglob("*") if p.is_file())
+    stale = live.with_name(f"{int((now - 1) * 1000):015d}-r")  # left by a crash mid-move: earlier, so walked first
+    stale.touch()
+    assert fs.claim_due("q", time.time(), "w", 30, limit=1, scan=10) == ["r"]
+    assert not stale.exists() and live.exists()
 
 
 def test_a_lease_this_client_holds_is_claimed_once_it_expires(fs: FSBackend) -> None:

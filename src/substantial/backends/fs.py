@@ -473,6 +473,18 @@ class FSBackend(Backend):
 
     def _live_entry(self, queue: str, entry: str, now: float) -> str | None:
         """The run of a due entry, or None (and the entry removed) if its run moved on."""
+        run_id = self._entry_run(entry, now)
+        if run_id is None:
+            return None
+        pointer = os.path.join(self._runs, split_entry(entry)[1], f"due.{queue}")
+        if read_pointer(pointer) == entry:
+            return run_id
+        with self._locked(run_id):  # a schedule may be between writing the entry and its pointer
+            return run_id if self._named_or_removed(pointer, entry) is not None else None
+
+    def _entry_run(self, entry: str, now: float) -> str | None:
+        """The run a due entry names, if its folder is there; None (and the entry removed, once it is old
+        enough for its start to have died) if not."""
         due_ms, name = split_entry(entry)
         if not os.path.isdir(os.path.join(self._runs, name)):
             # no folder: its run was deleted, or start_run is renaming it into place (the entry comes first)
@@ -482,16 +494,16 @@ class FSBackend(Backend):
         run_id = self._run_id_in(name)
         if run_id is None:
             self._due.remove(entry)  # its run was deleted
-            return None
-        pointer = os.path.join(self._runs, name, f"due.{queue}")
-        if read_pointer(pointer) == entry:
-            return run_id
-        with self._locked(run_id):  # a schedule may be between writing the entry and its pointer
-            named = read_pointer(pointer)
-            if named in (entry, ""):  # "": torn by a crash, the turn writes it again
-                return run_id
-            self._due.remove(entry)
-            return None
+        return run_id
+
+    def _named_or_removed(self, pointer: str, entry: str) -> str | None:
+        """Under the run's lock: what its pointer names if that is ``entry`` (or "", torn by a crash: the
+        turn writes it again); else None, and ``entry``, which its run has moved on from, is removed."""
+        named = read_pointer(pointer)
+        if named in (entry, ""):
+            return named
+        self._due.remove(entry)
+        return None
 
     def _run_id_in(self, name: str) -> str | None:
         """The run id of a run folder's name; None if the id file of a hashed name is gone."""
@@ -533,25 +545,29 @@ class FSBackend(Backend):
                 seen.add(run_id)
             elif self._locks.leased.get(name, 0.0) > now:  # leased by this client: not free, nothing to read
                 seen.add(name)
-            elif (live := self._live_entry(queue, entry, now)) is not None and live not in seen:
-                seen.add(live)  # (a run seen already was listed mid-move: old and new entry)
-                if live not in skip and self._lease_if_due(queue, live, owner, ttl, now):
-                    claimed.append(live)
+            elif (named := self._entry_run(entry, now)) is not None and named not in seen and named not in skip:
+                leased = self._lease_if_due(queue, named, entry, owner, ttl, now=now)
+                if leased is not None:  # its live entry (one seen already was listed mid-move: old and new)
+                    seen.add(named)
+                if leased:
+                    claimed.append(named)
             if len(claimed) >= limit or len(seen) >= scan:
                 break
         return claimed
 
-    def _lease_if_due(self, queue: str, run_id: str, owner: str, ttl: float, now: float) -> bool:
-        """Under one hold of the run's lock: lease the run if it is still due and its lease is free.
+    def _lease_if_due(self, queue: str, run_id: str, entry: str, owner: str, ttl: float, *, now: float) -> bool | None:
+        """Under one hold of the run's lock: lease the run if ``entry`` is still its due entry and its lease is
+        free; None (and the entry removed) if the run has moved on from it.
 
         Its turn may have ended between the listing and the lock: such a claim
         would be a turn with nothing to do. A torn pointer counts as due.
+        The pointer is read once, under the lock.
         """
         lock, folder = self._lock(run_id)
         try:
-            named = read_pointer(os.path.join(folder, f"due.{queue}"))
+            named = self._named_or_removed(os.path.join(folder, f"due.{queue}"), entry)
             if named is None:
-                return False
+                return None
             due_ms = split_entry(named)[0]
             if due_ms.isdigit() and int(due_ms) > now * 1000:
                 return False
