@@ -19,7 +19,7 @@ import pytest
 from substantial.backends import FSBackend, Message, from_url, fs_listings
 from substantial.backends import fs as fs_module
 from substantial.backends.fs import POSTING_GRACE, run_dir_name
-from substantial.backends.fs_records import FILE_HEAD, frame
+from substantial.backends.fs_records import FILE_HEAD, READ_AT_ONCE, frame, read_file
 from substantial.errors import Conflict, CorruptRecord, InvalidRunId
 
 
@@ -461,6 +461,23 @@ def test_a_due_entry_is_empty_and_names_its_run_by_its_file_name(fs: FSBackend, 
     fs.delete_run(run_id)
     assert fs.due("q", now, 10) == []
     assert not entry.exists()
+
+
+@pytest.mark.parametrize("size", [0, 100, READ_AT_ONCE - 1, READ_AT_ONCE, READ_AT_ONCE + 1, 5 * READ_AT_ONCE])
+def test_files_of_any_size_are_read_whole(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "f"
+    data = bytes(i % 251 for i in range(size))
+    path.write_bytes(data)
+    assert read_file(str(path)) == data
+    assert read_file(str(tmp_path / "missing")) is None
+
+
+def test_a_small_file_is_read_in_three_system_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"summary")
+    calls = [_recorded(monkeypatch, os, name) for name in ("open", "read", "pread", "fstat", "close")]
+    assert read_file(str(path)) == b"summary"
+    assert [len(c) for c in calls] == [1, 1, 0, 0, 1]
 
 
 def test_a_summary_torn_by_a_crash_leaves_the_one_before(fs: FSBackend) -> None:

@@ -25,6 +25,7 @@ SEQUENCE = struct.Struct(">Q")  # a summary's number, before it in its slot
 MAGIC = b"SUBSTL1\n"
 FILE_HEAD = len(MAGIC) + 8
 POINTER_READ = 4_160  # a due pointer holds one path (PATH_MAX is 4,096) in a frame
+READ_AT_ONCE = 16_384  # what read_file reads in one call: messages and summaries are mostly smaller
 
 
 def new_file_head() -> bytes:
@@ -136,17 +137,24 @@ def read_pointer(path: str) -> str | None:
 
 
 def read_file(path: str | os.PathLike[str], most: int | None = None) -> bytes | None:
-    """A file's bytes (its first ``most``), in three or four system calls where ``Path.read_bytes`` makes nine.
+    """A file's bytes (its first ``most``), in three system calls where ``Path.read_bytes`` makes nine.
 
-    None if there is no such file. Whole, it is read to the size ``fstat``
-    gives: for files renamed into place whole, or rewritten under a lock.
+    None if there is no such file. Whole, a file of up to ``READ_AT_ONCE``
+    bytes is read by one ``read`` (a short read of a file is its end); a
+    longer one to the size ``fstat`` gives: for files renamed into place
+    whole, or rewritten under a lock.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return None
     try:
-        return os.read(fd, most) if most is not None else os.pread(fd, os.fstat(fd).st_size, 0)
+        if most is not None:
+            return os.read(fd, most)
+        data = os.read(fd, READ_AT_ONCE)
+        if len(data) < READ_AT_ONCE:
+            return data
+        return data + os.pread(fd, max(os.fstat(fd).st_size - len(data), 0), len(data))
     finally:
         os.close(fd)
 
