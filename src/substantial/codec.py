@@ -36,14 +36,18 @@ class JSONCodec:
             raise CodecError(f"{type(value).__name__} is not JSON-encodable: {e}") from e
 
     def decode(self, data: bytes) -> Any:
-        """The value ``data`` holds; what ``encode`` writes is read without ``json.loads``'s checks of
-        encoding and surrounding whitespace (2.4 -> 0.5 µs for a step's result), anything else with them."""
+        """The value ``data`` holds, read as ``json.loads`` reads it.
+
+        What ``encode`` writes (UTF-8 JSON, nothing around it) is read by one
+        prebuilt decoder without ``json.loads``'s checks of encoding and
+        surrounding whitespace: 2.4 -> 0.4 µs for a step's result.
+        """
         try:
             text = data.decode()
             value, end = _JSON_DECODER.raw_decode(text)
             if end == len(text):
                 return value
-        except ValueError:  # UnicodeDecodeError too: UTF-16, a byte order mark
+        except ValueError:  # not UTF-8 (UTF-16), or not bare JSON (whitespace, a byte order mark)
             pass
         try:
             return json.loads(data)

@@ -75,11 +75,12 @@ def test_a_full_blank_is_followed_by_the_next_which_a_new_client_takes(
     assert fs.due("q", now, 10) == ["a", "b", "c"]
 
 
+@pytest.mark.parametrize("code", [errno.EPERM, errno.EXDEV], ids=["no-links", "other-filesystem"])
 def test_a_filesystem_without_hard_links_gets_plain_empty_entries(
-    fs: FSBackend, monkeypatch: pytest.MonkeyPatch
+    fs: FSBackend, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
     now = time.time()
-    sources = _linking_fails(monkeypatch, errno.EPERM, lambda src: True)
+    sources = _linking_fails(monkeypatch, code, lambda src: True)
     fs.schedule("q", "a", now - 1)
     fs.schedule("q", "b", now - 1)
     assert len(sources) == 1  # asked once, then no more
@@ -179,4 +180,18 @@ def test_a_walk_removes_an_empty_bucket_once_it_is_past(fs: FSBackend, walk: str
     else:
         assert fs.claim_due("q", later, "w", 30, limit=1, scan=10) == []
     assert not minute.exists()
+    assert fs.due("q", now + 86400, 10) == ["r"]
+
+
+@pytest.mark.parametrize("walk", ["due", "claim"])
+def test_a_walk_removes_a_past_day_whose_minutes_went_while_it_was_today(fs: FSBackend, walk: str) -> None:
+    now = time.time()
+    fs.schedule("q", "r", now + 86400)  # the queue stays in use
+    past = _minute_bucket(fs, now - 3 * 86400)
+    past.parent.mkdir(parents=True)  # a day bucket with no minute left in it
+    if walk == "due":
+        assert fs.due("q", now, 10) == []
+    else:
+        assert fs.claim_due("q", now, "w", 30, limit=1, scan=10) == []
+    assert not past.parent.exists()
     assert fs.due("q", now + 86400, 10) == ["r"]

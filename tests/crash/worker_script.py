@@ -59,8 +59,8 @@ def die_at_append(backend: Backend, when: str, kind: str) -> None:
     held_append = getattr(backend, "_append", None)
     if held_append is not None:  # files: the append under a held lock, which its close calls in its midst
 
-        def _append(lock: object, run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
-            return around(records, lambda: held_append(lock, run_id, folder, records, expected_version))
+        def _append(run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
+            return around(records, lambda: held_append(run_id, folder, records, expected_version))
 
         backend._append = _append  # type: ignore[attr-defined]
 

@@ -230,24 +230,19 @@ class FSBackend(Backend):
 
     # -- the log -----------------------------------------------------------
 
-    def _scan(
-        self, run_id: str, fd: int, after: int, size: int = -1, file_id: bytes = b""
-    ) -> tuple[list[bytes], int, bytes, int, int]:
+    def _scan(self, run_id: str, fd: int, after: int) -> tuple[list[bytes], int, bytes, int, int]:
         """Records from position ``after``, the version, the file's id, where its last whole record ends, its size.
 
         The offset of the last known version is cached per log file, named by
         the random id at the head of the file (inode numbers get reused when a
         log is replaced or deleted). A file too short for its head is empty.
-        ``size`` and ``file_id``, when the caller knows them, are not read again.
         """
-        if size < 0:
-            size = os.fstat(fd).st_size
+        size = os.fstat(fd).st_size
         if size < FILE_HEAD:
             return [], 0, b"", 0, size
-        if not file_id:
-            file_id = os.pread(fd, FILE_HEAD, 0)
-            if not file_id.startswith(MAGIC):
-                raise CorruptRecord(f"run {run_id!r}: its log file does not begin as a Substantial log")
+        file_id = os.pread(fd, FILE_HEAD, 0)
+        if not file_id.startswith(MAGIC):
+            raise CorruptRecord(f"run {run_id!r}: its log file does not begin as a Substantial log")
         known = self._tails.get(run_id)
         start_version, start_offset = 0, FILE_HEAD
         if known is not None and known[0] == file_id and known[1] <= after:
@@ -280,69 +275,45 @@ class FSBackend(Backend):
     def append_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
         lock, folder = self._lock(run_id)
         try:
-            return self._append(lock, run_id, folder, records, expected_version)
+            return self._append(run_id, folder, records, expected_version)
         finally:
             self._unlock(run_id, lock)
 
-    def _append(self, lock: RunLock, run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
+    def _append(self, run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
         """Append under the run's lock: no other writer can move or create the log meanwhile."""
-        fd, size, created = self._open_log(lock, folder)
-        _, version, file_id, offset, size = self._scan(run_id, fd, 2**62, size, lock.log_head)
-        if version != expected_version:
-            raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
-        if size != offset:
-            os.ftruncate(fd, offset)  # drop a torn tail (or a torn head) before writing after it
-        if offset == 0:
-            file_id = new_file_head()
-            data = file_id + b"".join(frame(r) for r in records)
-        else:
-            data = b"".join(frame(r) for r in records)
-        pwrite_all(fd, data, offset)
-        self._sync(fd)
-        lock.log_head = file_id  # written whole: the head of this file, for good
+        log_path = os.path.join(folder, "log")
+        try:
+            fd, created = os.open(log_path, os.O_RDWR | os.O_CLOEXEC), False
+        except FileNotFoundError:
+            fd, created = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+        try:
+            _, version, file_id, offset, size = self._scan(run_id, fd, 2**62)
+            if version != expected_version:
+                raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
+            if size != offset:
+                os.ftruncate(fd, offset)  # drop a torn tail (or a torn head) before writing after it
+            if offset == 0:
+                file_id = new_file_head()
+                data = file_id + b"".join(frame(r) for r in records)
+            else:
+                data = b"".join(frame(r) for r in records)
+            pwrite_all(fd, data, offset)
+            self._sync(fd)
+        finally:
+            os.close(fd)
         if created:
             self._sync_path(folder)
         self._tails[run_id] = (file_id, version + len(records), offset + len(data))
         return version + len(records)
 
-    @staticmethod
-    def _open_log(lock: RunLock, folder: str) -> tuple[int, int, bool]:
-        """The run's log kept open with its lock, its size, and whether it was just made; the lock is held.
-
-        The kept descriptor is used while the path still names its file: a
-        ``replace_log`` or ``delete_run`` elsewhere moves another file there,
-        and a file kept open cannot lend its inode number to another. One
-        ``stat`` then replaces an open, a read of the head and a close.
-        """
-        path = os.path.join(folder, "log")
-        if lock.log_fd >= 0:
-            try:
-                st = os.stat(path)
-            except FileNotFoundError:
-                pass
-            else:
-                if identity(st) == lock.log_identity:
-                    return lock.log_fd, st.st_size, False
-        try:
-            fd, created = os.open(path, os.O_RDWR | os.O_CLOEXEC), False
-        except FileNotFoundError:
-            fd, created = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
-        st = os.fstat(fd)
-        lock.keep_log(fd, st)
-        return fd, st.st_size, created
-
     def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
-        lock, folder = self._lock(run_id)
-        try:
+        with self._locked(run_id) as path:
             _, version = self._read_log(run_id, after=2**62)
             if version != expected_version:
                 raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
-            self._write(Path(folder, "log"), new_file_head() + b"".join(frame(r) for r in records))
-            lock.close_log()
+            self._write(path / "log", new_file_head() + b"".join(frame(r) for r in records))
             self._tails.pop(run_id, None)
             return len(records)
-        finally:
-            self._unlock(run_id, lock)
 
     # -- the inbox -----------------------------------------------------------
 
@@ -483,8 +454,11 @@ class FSBackend(Backend):
             return run_id if self._named_or_removed(pointer, entry) is not None else None
 
     def _entry_run(self, entry: str, now: float) -> str | None:
-        """The run a due entry names, if its folder is there; None (and the entry removed, once it is old
-        enough for its start to have died) if not."""
+        """The run a due entry names, if its folder is there; None if not.
+
+        An entry with no folder is removed once it is old enough for its
+        start to have died (``POSTING_GRACE``), or at once if the run was deleted.
+        """
         due_ms, name = split_entry(entry)
         if not os.path.isdir(os.path.join(self._runs, name)):
             # no folder: its run was deleted, or start_run is renaming it into place (the entry comes first)
@@ -497,8 +471,12 @@ class FSBackend(Backend):
         return run_id
 
     def _named_or_removed(self, pointer: str, entry: str) -> str | None:
-        """Under the run's lock: what its pointer names if that is ``entry`` (or "", torn by a crash: the
-        turn writes it again); else None, and ``entry``, which its run has moved on from, is removed."""
+        """Under the run's lock: what its pointer names, if that is ``entry`` or "" (torn); else None.
+
+        A torn pointer keeps the entry live: the run's turn writes it again.
+        An entry the pointer does not name is one its run has moved on from,
+        and it is removed.
+        """
         named = read_pointer(pointer)
         if named in (entry, ""):
             return named
@@ -545,10 +523,12 @@ class FSBackend(Backend):
                 seen.add(run_id)
             elif self._locks.leased.get(name, 0.0) > now:  # leased by this client: not free, nothing to read
                 seen.add(name)
-            elif (named := self._entry_run(entry, now)) is not None and named not in seen and named not in skip:
-                leased = self._lease_if_due(queue, named, entry, owner, ttl, now=now)
-                if leased is not None:  # its live entry (one seen already was listed mid-move: old and new)
-                    seen.add(named)
+            elif (named := self._entry_run(entry, now)) is None or named in seen:
+                pass  # (a run seen already was listed mid-move: old and new entry)
+            elif named in skip:  # a hashed name: its id was read from its folder
+                seen.add(named)
+            elif (leased := self._lease_if_due(queue, named, entry, owner, ttl, now=now)) is not None:
+                seen.add(named)  # its live entry
                 if leased:
                     claimed.append(named)
             if len(claimed) >= limit or len(seen) >= scan:
@@ -556,8 +536,8 @@ class FSBackend(Backend):
         return claimed
 
     def _lease_if_due(self, queue: str, run_id: str, entry: str, owner: str, ttl: float, *, now: float) -> bool | None:
-        """Under one hold of the run's lock: lease the run if ``entry`` is still its due entry and its lease is
-        free; None (and the entry removed) if the run has moved on from it.
+        """Under one hold of the run's lock: True if the run is leased, False if ``entry`` is its live entry but
+        the run is not due or its lease is held, None (and the entry removed) if the run has moved on from it.
 
         Its turn may have ended between the listing and the lock: such a claim
         would be a turn with nothing to do. A torn pointer counts as due.
@@ -597,7 +577,7 @@ class FSBackend(Backend):
         lock, folder = self._lock(run_id)
         try:
             if records:
-                self._append(lock, run_id, folder, records, expected_version)
+                self._append(run_id, folder, records, expected_version)
             if info is not None:
                 self._write_info(folder, info)
             self.ack(run_id, ack)
@@ -676,8 +656,10 @@ class FSBackend(Backend):
 
     @staticmethod
     def _write_new(path: str, data: bytes, *, keep: bool = False) -> int:
-        """A new file in a folder no one else sees yet, written in place (not fsync'd); its descriptor if
-        ``keep`` (the caller closes it), else -1."""
+        """A new file in a folder no one else sees yet, written in place (not fsync'd).
+
+        Returns its descriptor if ``keep`` (the caller closes it), else -1.
+        """
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             pwrite_all(fd, data, 0)

@@ -17,7 +17,6 @@ import contextlib
 import errno
 import itertools
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -60,7 +59,6 @@ class Blanks:
     def __init__(self, folder: str, sync_path: Callable[[str], None]) -> None:
         self._folder = folder
         self._sync_path = sync_path
-        self._lock = threading.Lock()
         self._path: str | None = None
         self.linking = True
 
@@ -83,29 +81,32 @@ class Blanks:
             except OSError as e:
                 if e.errno == errno.EMLINK:
                     self._current(full=blank)
-                elif e.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                elif e.errno in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV):
                     self.linking = False
                 else:
                     raise
         os.close(os.open(entry, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
     def _current(self, full: str | None = None) -> str:
-        """The blank to link to: the highest in the folder (made if none is), or the one after ``full``."""
-        with self._lock:
-            if self._path is not None and self._path != full:
-                return self._path  # another thread found it, or moved on past ``full``, already
-            os.makedirs(self._folder, exist_ok=True)
-            number = max((int(name) for name in os.listdir(self._folder) if name.isdigit()), default=0)
-            path = os.path.join(self._folder, str(number))
-            if path == full:
-                path = os.path.join(self._folder, str(number + 1))
-            if not os.path.exists(path):
-                with contextlib.suppress(FileExistsError):
-                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
-                self._sync_path(path)
-                self._sync_path(self._folder)
-            self._path = path
-            return path
+        """The blank to link to: the highest in the folder (made if none is), or the one after ``full``.
+
+        Threads that get here at once find the same one: the blank is made
+        with ``O_EXCL``, and each takes the highest.
+        """
+        if self._path is not None and self._path != full:
+            return self._path  # another thread found it, or moved on past ``full``, already
+        os.makedirs(self._folder, exist_ok=True)
+        number = max((int(name) for name in os.listdir(self._folder) if name.isdigit()), default=0)
+        path = os.path.join(self._folder, str(number))
+        if path == full:
+            path = os.path.join(self._folder, str(number + 1))
+        if not os.path.exists(path):
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            self._sync_path(path)
+            self._sync_path(self._folder)
+        self._path = path
+        return path
 
 
 class DueEntries:
@@ -185,13 +186,11 @@ class DueEntries:
         self._prune(os.path.dirname(entry), time.time())
 
     @staticmethod
-    def _prune(minute: str, now: float) -> None:
-        """Remove the minute bucket, then its day's, then its 256 days', each if empty and wholly before ``now``.
-
-        Empty buckets go, so polls list only live ones.
-        """
-        folder = minute
-        for current in reversed(_bucket_names(now, "")[:3]):
+    def _prune(bucket: str, now: float, level: int = 2) -> None:
+        """Remove ``bucket`` (a minute's at ``level`` 2, a day's at 1, 256 days' at 0), then the buckets above
+        it, each if empty and wholly before ``now``: empty buckets go, so polls list only live ones."""
+        folder = bucket
+        for current in reversed(_bucket_names(now, "")[: level + 1]):
             if os.path.basename(folder) >= current:
                 return
             try:
@@ -212,14 +211,17 @@ class DueEntries:
         none costs a ``Path``. The upper buckets' listings are kept while they
         are unchanged (``Listings``); a minute's entries are listed afresh, or,
         for a ``claim``, walked on from where this client's last claim stopped
-        (``Cursors``). A minute bucket found empty is removed once it is past.
+        (``Cursors``). A bucket found empty is removed once it is wholly past.
         """
         last_days, last_day, last_minute, last = _bucket_names(now, "\uffff")
         kept = self._listings.names
         began = next(self._numbers)
         for days in buckets(self.queue_dir(queue), last_days, kept):
+            days_empty = True
             for day in buckets(days, last_day, kept):
+                days_empty, day_empty = False, True
                 for minute in buckets(day, last_minute, kept):
+                    day_empty = False
                     if claim:
                         listing = self._cursors.entries(minute, last, self._numbers.__next__)
                     else:
@@ -230,3 +232,7 @@ class DueEntries:
                         yield item
                     if empty:
                         self._prune(minute, now)
+                if day_empty:  # its minutes went while it was today
+                    self._prune(day, now, level=1)
+            if days_empty:
+                self._prune(days, now, level=0)

@@ -25,19 +25,15 @@ class RunLock:
     open its inode number cannot be given to another file, so a lock file
     whose path no longer has that identity was deleted with its run. The
     run's lease file stays open beside it, and is closed with it: both belong
-    to the same folder. So does its log, with the log's identity and head
-    (see ``FSBackend._open_log``).
+    to the same folder.
     """
 
-    __slots__ = ("fd", "identity", "lease_fd", "log_fd", "log_head", "log_identity", "path", "thread", "users")
+    __slots__ = ("fd", "identity", "lease_fd", "path", "thread", "users")
 
     def __init__(self) -> None:
         self.thread = threading.Lock()
         self.fd = -1
         self.lease_fd = -1
-        self.log_fd = -1
-        self.log_identity = (0, 0)
-        self.log_head = b""
         self.path = ""
         self.identity = (0, 0)
         self.users = 0  # threads holding or waiting for it: it is closed only at 0
@@ -57,19 +53,7 @@ class RunLock:
                     raise
         return self.lease_fd
 
-    def keep_log(self, fd: int, st: os.stat_result) -> None:
-        """Keep ``fd`` open as the run's log (of identity and size ``st``), in place of the one kept before."""
-        self.close_log()
-        self.log_fd, self.log_identity = fd, identity(st)
-
-    def close_log(self) -> None:
-        if self.log_fd >= 0:
-            with contextlib.suppress(OSError):
-                os.close(self.log_fd)
-        self.log_fd, self.log_head = -1, b""
-
     def close(self) -> None:
-        self.close_log()
         for fd in (self.fd, self.lease_fd):
             if fd >= 0:
                 with contextlib.suppress(OSError):

@@ -28,17 +28,25 @@ POINTER_READ = 4_160  # a due pointer holds one path (PATH_MAX is 4,096) in a fr
 READ_AT_ONCE = 16_384  # what read_file reads in one call: messages and summaries are mostly smaller
 
 
+#: Where names and log ids come from: a generator of our own, seeded from the system, not ``random``'s,
+#: which any code in the process (a step, a test plugin) may seed to repeat its values.
+_NAMES = random.Random(os.urandom(32))
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _NAMES.seed(os.urandom(32)))
+
+
 def new_file_head() -> bytes:
-    return MAGIC + random.getrandbits(64).to_bytes(8, "big")
+    """A log file's head: the magic, then 64 random bits that tell this file from any other log."""
+    return MAGIC + _NAMES.getrandbits(64).to_bytes(8, "big")
 
 
 def unique_name() -> str:
     """128 random bits in hex, for a file in ``tmp/`` or ``posting/`` that no other will be named.
 
-    From the ``random`` module, seeded from the system at start and again in a
-    forked child: ``uuid4`` costs a system call each (``os.urandom``).
+    ``uuid4`` costs a system call each (``os.urandom``); this generator is
+    seeded from the system once, and again in a forked child.
     """
-    return f"{random.getrandbits(128):032x}"
+    return f"{_NAMES.getrandbits(128):032x}"
 
 
 def frame(record: bytes) -> bytes:
