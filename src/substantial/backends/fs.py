@@ -635,7 +635,7 @@ class FSBackend(Backend):
         os.mkdir(staged)
         os.mkdir(inbox)
         stamped = _STAMP.pack(time.time_ns()) + message.body
-        message_fd = self._write_new(os.path.join(inbox, message.id), stamped, keep=True)
+        message_fd = self._open_new(os.path.join(inbox, message.id), stamped)
         durable = []
         try:
             if name.startswith("~"):
@@ -654,22 +654,21 @@ class FSBackend(Backend):
         for path in (*durable, inbox, staged, os.path.dirname(entry)):
             self._sync_path(path)
 
-    @staticmethod
-    def _write_new(path: str, data: bytes, *, keep: bool = False) -> int:
-        """A new file in a folder no one else sees yet, written in place (not fsync'd).
+    @classmethod
+    def _write_new(cls, path: str, data: bytes) -> None:
+        """A new file in a folder no one else sees yet, written in place (not fsync'd)."""
+        os.close(cls._open_new(path, data))
 
-        Returns its descriptor if ``keep`` (the caller closes it), else -1.
-        """
+    @staticmethod
+    def _open_new(path: str, data: bytes) -> int:
+        """``_write_new``, the file left open: its descriptor, which the caller closes."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             pwrite_all(fd, data, 0)
         except BaseException:
             os.close(fd)
             raise
-        if keep:
-            return fd
-        os.close(fd)
-        return -1
+        return fd
 
     # -- leases --------------------------------------------------------------
 

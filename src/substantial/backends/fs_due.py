@@ -19,11 +19,14 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 from substantial.backends.base import check_run_id
 from substantial.backends.fs_listings import Cursors, Listings, listed
 
 _REMOVED_KEPT = 4096  # due entries removed, remembered so a claim passes them over
+
+T = TypeVar("T")
 
 
 def split_entry(entry: str) -> tuple[str, str]:
@@ -68,7 +71,7 @@ class Blanks:
         Raises ``FileNotFoundError`` if the entry's bucket is not there.
         """
         while self.linking:
-            blank = self._path or self._current()
+            blank = self._current()
             try:
                 os.link(blank, entry)
                 return
@@ -187,8 +190,11 @@ class DueEntries:
 
     @staticmethod
     def _prune(bucket: str, now: float, level: int = 2) -> None:
-        """Remove ``bucket`` (a minute's at ``level`` 2, a day's at 1, 256 days' at 0), then the buckets above
-        it, each if empty and wholly before ``now``: empty buckets go, so polls list only live ones."""
+        """Remove ``bucket``, then the buckets above it, each if empty and wholly before ``now``.
+
+        ``level`` is the bucket's: 2 a minute's, 1 a day's, 0 256 days'.
+        Empty buckets go, so polls list only live ones.
+        """
         folder = bucket
         for current in reversed(_bucket_names(now, "")[: level + 1]):
             if os.path.basename(folder) >= current:
@@ -217,22 +223,23 @@ class DueEntries:
         kept = self._listings.names
         began = next(self._numbers)
         for days in buckets(self.queue_dir(queue), last_days, kept):
-            days_empty = True
-            for day in buckets(days, last_day, kept):
-                days_empty, day_empty = False, True
-                for minute in buckets(day, last_minute, kept):
-                    day_empty = False
+            for day in self._pruned(days, now, 0, buckets(days, last_day, kept)):
+                for minute in self._pruned(day, now, 1, buckets(day, last_minute, kept)):
                     if claim:
                         listing = self._cursors.entries(minute, last, self._numbers.__next__)
                     else:
                         listing = ((entry, began) for entry in buckets(minute, last))
-                    empty = True
-                    for item in listing:
-                        empty = False
-                        yield item
-                    if empty:
-                        self._prune(minute, now)
-                if day_empty:  # its minutes went while it was today
-                    self._prune(day, now, level=1)
-            if days_empty:
-                self._prune(days, now, level=0)
+                    yield from self._pruned(minute, now, 2, listing)
+
+    def _pruned(self, bucket: str, now: float, level: int, items: Iterator[T]) -> Iterator[T]:
+        """``items``, what ``bucket`` holds; then, if it held none, ``bucket`` pruned (see ``_prune``).
+
+        A day's bucket can be left empty for good: its minutes went while it
+        was today, so it was not yet past when the last one was pruned.
+        """
+        empty = True
+        for item in items:
+            empty = False
+            yield item
+        if empty:
+            self._prune(bucket, now, level)
