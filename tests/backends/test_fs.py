@@ -19,7 +19,8 @@ import pytest
 
 from substantial.backends import FSBackend, Message, from_url, fs_listings
 from substantial.backends import fs as fs_module
-from substantial.backends.fs import POSTING_GRACE, run_dir_name
+from substantial.backends.fs import POSTING_GRACE
+from substantial.backends.fs_names import run_dir_name
 from substantial.backends.fs_records import FILE_HEAD, READ_AT_ONCE, frame, read_file, unique_name
 from substantial.errors import Conflict, CorruptRecord, InvalidRunId
 

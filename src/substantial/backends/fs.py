@@ -22,82 +22,48 @@ CRC, and each says what a torn one means. Several processes can share a root on 
 filesystem that honours ``flock`` and atomic rename).
 
 The run's lock is ``flock`` on its lock file, the lock ``filelock`` takes on
-Unix, but on a descriptor each client keeps open for the runs it used last
-(fs_locks.py); how records are framed and the small files read and written
-is in fs_records.py; the due index's entry files, and how claims walk them,
-in fs_due.py and fs_listings.py.
+Unix, but on a descriptor each client keeps open for the runs it used last,
+with the lease beside it (fs_locks.py); how records are framed and the small
+files read and written is in fs_records.py; the log in fs_log.py, the
+summary's slots in fs_info.py, a new run's staged folder in fs_starts.py,
+folder names in fs_names.py; the due index's entry files, and how claims walk
+them, in fs_due.py and fs_listings.py.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
-import struct
 import threading
 import time
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 
+from substantial.backends import fs_info
 from substantial.backends.base import Backend, Claim, Message, check_run_id
 from substantial.backends.fs_due import DueEntries, buckets, split_entry
-from substantial.backends.fs_locks import OPEN_LOCKS, LockTable, RunLock, identity
+from substantial.backends.fs_locks import OPEN_LOCKS, Held, LockTable, RunLock, identity, lease_free
+from substantial.backends.fs_log import RunLogs
+from substantial.backends.fs_names import RunFolders, run_id_of
 from substantial.backends.fs_records import (
-    FILE_HEAD,
-    MAGIC,
-    SEQUENCE,
+    STAMP,
     frame,
     fsync_path,
     new_file_head,
-    parse,
-    pwrite_all,
     read_file,
-    read_info_slot,
-    read_lease,
     read_pointer,
+    stamped,
     unique_name,
-    write_lease,
+    write_pointer,
 )
+from substantial.backends.fs_starts import remove_tree, stage_run
 from substantial.errors import Conflict, CorruptRecord
-
-_NAME_MAX = 200
-_STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body
-_INFO_SLOTS = ("info.0", "info.1")
 
 #: A post marker older than this is taken for the trace of a poster that died.
 POSTING_GRACE = 5.0
 _POSTS_EVERY = 1.0  # seconds between two looks for such markers, per queue
-_FOLDER_NAMES = 4096  # run id -> folder, remembered for the hot paths
-
-
-def run_dir_name(run_id: str) -> str:
-    """A folder name for a run id that no two ids share, even on case-insensitive filesystems.
-
-    Upper-case letters become ``+`` and the lower-case letter; a name that
-    would be too long becomes ``~`` and a hash (the id is then kept in ``id``).
-    """
-    name = "".join(f"+{ch.lower()}" if ch.isupper() else ch for ch in check_run_id(run_id))
-    if len(name) > _NAME_MAX:
-        return "~" + hashlib.sha256(run_id.encode()).hexdigest()
-    return name
-
-
-def _run_id_of(name: str) -> str:
-    out, upper = [], False
-    for ch in name:
-        if ch == "+":
-            upper = True
-            continue
-        out.append(ch.upper() if upper else ch)
-        upper = False
-    return "".join(out)
-
-
-def _lease_free(held: tuple[str, float] | None) -> bool:
-    """Whether a lease may be taken: none is held, or it expired (a lease is taken once, even by its owner)."""
-    return held is None or held[1] <= time.time()
 
 
 class FSBackend(Backend):
@@ -114,23 +80,17 @@ class FSBackend(Backend):
             folder.mkdir(parents=True, exist_ok=True)
         self._locks = LockTable(open_locks)
         self._closer = weakref.finalize(self, self._locks.close)
-        self._tails: dict[str, tuple[bytes, int, int]] = {}  # run -> (log file id, version, offset)
+        self._logs = RunLogs(fsync=fsync)
         self._claims = threading.Lock()
         self._posts_looked: dict[str, float] = {}  # queue -> ``now`` of the last look at its post markers
-        self._folders: dict[str, str] = {}
+        self._folders = RunFolders(str(self._runs))
         self._due = DueEntries(str(self._queues), str(self.root / "blank"), self._sync_path)
 
     # -- files -------------------------------------------------------------
 
     def _folder(self, run_id: str) -> str:
         """The run's folder as a string (the hot paths skip pathlib); raises ``InvalidRunId``."""
-        folder = self._folders.get(run_id) if type(run_id) is str else None
-        if folder is None:
-            folder = os.path.join(self._runs, run_dir_name(run_id))
-            if len(self._folders) >= _FOLDER_NAMES:
-                self._folders.clear()
-            self._folders[run_id] = folder
-        return folder
+        return self._folders.of(run_id)
 
     def _dir(self, run_id: str) -> Path:
         return Path(self._folder(run_id))
@@ -230,30 +190,6 @@ class FSBackend(Backend):
 
     # -- the log -----------------------------------------------------------
 
-    def _scan(self, run_id: str, fd: int, after: int) -> tuple[list[bytes], int, bytes, int, int]:
-        """Records from position ``after``, the version, the file's id, where its last whole record ends, its size.
-
-        The offset of the last known version is cached per log file, named by
-        the random id at the head of the file (inode numbers get reused when a
-        log is replaced or deleted). A file too short for its head is empty.
-        """
-        size = os.fstat(fd).st_size
-        if size < FILE_HEAD:
-            return [], 0, b"", 0, size
-        file_id = os.pread(fd, FILE_HEAD, 0)
-        if not file_id.startswith(MAGIC):
-            raise CorruptRecord(f"run {run_id!r}: its log file does not begin as a Substantial log")
-        known = self._tails.get(run_id)
-        start_version, start_offset = 0, FILE_HEAD
-        if known is not None and known[0] == file_id and known[1] <= after:
-            start_version, start_offset = known[1], known[2]
-        data = os.pread(fd, size - start_offset, start_offset) if size > start_offset else b""
-        records, offset = parse(data, 0, run_id)
-        offset += start_offset
-        version = start_version + len(records)
-        self._tails[run_id] = (file_id, version, offset)
-        return records[max(after - start_version, 0) :], version, file_id, offset, size
-
     def read_log(self, run_id: str, after: int = 0) -> tuple[list[bytes], int]:
         try:
             return self._read_log(run_id, after)
@@ -262,49 +198,14 @@ class FSBackend(Backend):
                 return self._read_log(run_id, after)
 
     def _read_log(self, run_id: str, after: int) -> tuple[list[bytes], int]:
-        try:
-            fd = os.open(os.path.join(self._folder(run_id), "log"), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return [], 0
-        try:
-            records, version, *_ = self._scan(run_id, fd, after)
-        finally:
-            os.close(fd)
-        return records, version
+        return self._logs.read(run_id, self._folder(run_id), after)
 
     def append_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
         lock, folder = self._lock(run_id)
         try:
-            return self._append(run_id, folder, records, expected_version)
+            return self._logs.append(run_id, folder, records, expected_version)
         finally:
             self._unlock(run_id, lock)
-
-    def _append(self, run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
-        """Append under the run's lock: no other writer can move or create the log meanwhile."""
-        log_path = os.path.join(folder, "log")
-        try:
-            fd, created = os.open(log_path, os.O_RDWR | os.O_CLOEXEC), False
-        except FileNotFoundError:
-            fd, created = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
-        try:
-            _, version, file_id, offset, size = self._scan(run_id, fd, 2**62)
-            if version != expected_version:
-                raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
-            if size != offset:
-                os.ftruncate(fd, offset)  # drop a torn tail (or a torn head) before writing after it
-            if offset == 0:
-                file_id = new_file_head()
-                data = file_id + b"".join(frame(r) for r in records)
-            else:
-                data = b"".join(frame(r) for r in records)
-            pwrite_all(fd, data, offset)
-            self._sync(fd)
-        finally:
-            os.close(fd)
-        if created:
-            self._sync_path(folder)
-        self._tails[run_id] = (file_id, version + len(records), offset + len(data))
-        return version + len(records)
 
     def replace_log(self, run_id: str, records: Sequence[bytes], expected_version: int) -> int:
         with self._locked(run_id) as path:
@@ -312,7 +213,7 @@ class FSBackend(Backend):
             if version != expected_version:
                 raise Conflict(f"run {run_id!r}: log is at version {version}, not {expected_version}")
             self._write(path / "log", new_file_head() + b"".join(frame(r) for r in records))
-            self._tails.pop(run_id, None)
+            self._logs.forget(run_id)
             return len(records)
 
     # -- the inbox -----------------------------------------------------------
@@ -329,7 +230,7 @@ class FSBackend(Backend):
         marker = self._posting / f"{time.time_ns():020d}-{unique_name()}"
         self._write(marker, f"{check_run_id(queue)}\n{run_id}".encode())
         if not path.exists():
-            self._write(path, _STAMP.pack(time.time_ns()) + message.body)
+            self._write(path, stamped(message.body))
         self.schedule(queue, run_id, time.time())
         os.unlink(marker)
 
@@ -342,8 +243,8 @@ class FSBackend(Backend):
         found = []
         for name in names:
             data = read_file(os.path.join(inbox, name))  # renamed into place whole: its size is final
-            if data is not None and len(data) >= _STAMP.size:
-                found.append((_STAMP.unpack_from(data)[0], name, data[_STAMP.size :]))
+            if data is not None and len(data) >= STAMP.size:
+                found.append((STAMP.unpack_from(data)[0], name, data[STAMP.size :]))
         return [Message(name, body) for _, name, body in sorted(found)]
 
     def ack(self, run_id: str, ids: Iterable[str]) -> None:
@@ -374,30 +275,11 @@ class FSBackend(Backend):
                 self._due.due_again(entry)
                 return
             self._due.create(entry)
-            self._write_pointer(pointer, entry, folder)
+            write_pointer(pointer, entry, fsync=self._fsync)
         elif old is not None:
-            self._write_pointer(pointer, "", folder, durable=False)  # names no entry
+            write_pointer(pointer, "", fsync=False)  # names no entry
         if old:
             self._due.remove(old)
-
-    def _write_pointer(self, pointer: str, entry: str, folder: str, *, durable: bool = True) -> None:
-        """Write the run's due pointer in place: one framed record, fsync'd (its folder too when new).
-
-        A write torn by a crash reads as "" (see ``read_pointer``): then no
-        entry of the run is taken for stale until a schedule writes it whole.
-        """
-        try:
-            fd, created = os.open(pointer, os.O_WRONLY | os.O_CLOEXEC), False
-        except FileNotFoundError:
-            fd, created = os.open(pointer, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644), True
-        try:
-            pwrite_all(fd, frame(entry.encode()), 0)
-            if durable:
-                self._sync(fd)
-        finally:
-            os.close(fd)
-        if created and durable:
-            self._sync_path(folder)
 
     def schedule(self, queue: str, run_id: str, due_at: float) -> None:
         with self._locked(run_id):
@@ -486,7 +368,7 @@ class FSBackend(Backend):
     def _run_id_in(self, name: str) -> str | None:
         """The run id of a run folder's name; None if the id file of a hashed name is gone."""
         if not name.startswith("~"):
-            return _run_id_of(name)
+            return run_id_of(name)
         raw = read_file(self._runs / name / "id")
         return raw.decode() if raw is not None else None
 
@@ -519,7 +401,7 @@ class FSBackend(Backend):
             name = split_entry(entry)[1]
             if self._due.removed_since(entry, listing):
                 pass
-            elif not name.startswith("~") and (run_id := _run_id_of(name)) in skip:
+            elif not name.startswith("~") and (run_id := run_id_of(name)) in skip:
                 seen.add(run_id)
             elif self._locks.leased.get(name, 0.0) > now:  # leased by this client: not free, nothing to read
                 seen.add(name)
@@ -551,7 +433,7 @@ class FSBackend(Backend):
             due_ms = split_entry(named)[0]
             if due_ms.isdigit() and int(due_ms) > now * 1000:
                 return False
-            return self._swap_held_lease(lock, folder, owner, ttl, _lease_free)
+            return self._locks.swap_lease(lock, os.path.basename(folder), owner, ttl, lease_free)
         finally:
             self._unlock(run_id, lock)
 
@@ -577,14 +459,14 @@ class FSBackend(Backend):
         lock, folder = self._lock(run_id)
         try:
             if records:
-                self._append(run_id, folder, records, expected_version)
+                self._logs.append(run_id, folder, records, expected_version)
             if info is not None:
-                self._write_info(folder, info)
+                fs_info.write_slot(folder, info)
             self.ack(run_id, ack)
             self._set_entry(queue, run_id, due_at)
             if recheck and self._has_mail(folder):
                 self._set_entry(queue, run_id, time.time())
-            self._release_held_lease(lock, folder, owner)
+            self._locks.release_lease(lock, os.path.basename(folder), owner)
         finally:
             self._unlock(run_id, lock)
         return self._claim_next(queue, owner, then_claim)
@@ -609,12 +491,12 @@ class FSBackend(Backend):
         folder = self._folder(run_id)
         check_run_id(queue)
         check_run_id(message.id)
-        staged = os.path.join(self._tmp, f"run-{unique_name()}")
+        staged, name = os.path.join(self._tmp, f"run-{unique_name()}"), os.path.basename(folder)
         try:
-            self._stage_run(staged, run_id, queue, info, message)
+            stage_run(staged, run_id, queue, info, message, name=name, due=self._due, fsync=self._fsync)
             os.rename(staged, folder)  # fails if the folder exists, unless it is empty (a poster died in it)
         except OSError:
-            _remove_tree(Path(staged))
+            remove_tree(Path(staged))
             if not os.path.isdir(folder):
                 raise
         else:
@@ -622,152 +504,60 @@ class FSBackend(Backend):
             return
         super().start_run(queue, run_id, info, message)
 
-    def _stage_run(self, staged: str, run_id: str, queue: str, info: bytes, message: Message) -> None:
-        """The folder of a new run with its summary, start message, due pointer and empty log; then its due entry.
-
-        Every file and name is made before the first fsync: a journalling
-        filesystem (ext4, XFS) commits them all in that one, so the fsyncs
-        after it only wait for a flush of the disk's cache.
-        """
-        name = os.path.basename(self._folder(run_id))
-        entry = self._due.path(queue, name, time.time())
-        inbox = os.path.join(staged, "inbox")
-        os.mkdir(staged)
-        os.mkdir(inbox)
-        stamped = _STAMP.pack(time.time_ns()) + message.body
-        message_fd = self._open_new(os.path.join(inbox, message.id), stamped)
-        durable = []
-        try:
-            if name.startswith("~"):
-                durable.append(os.path.join(staged, "id"))
-                self._write_new(durable[-1], run_id.encode())
-            # not fsync'd, as write_info
-            self._write_new(os.path.join(staged, _INFO_SLOTS[0]), frame(SEQUENCE.pack(0) + info))
-            # not fsync'd: a pointer lost or torn by a crash reads "", which leaves the run's entries live
-            self._write_new(os.path.join(staged, f"due.{queue}"), frame(entry.encode()))
-            # an empty log, made durable by the folder's fsync: the first append then fsyncs no folder
-            self._write_new(os.path.join(staged, "log"), b"")
-            self._due.create(entry, durable=False)
-            self._sync(message_fd)
-        finally:
-            os.close(message_fd)
-        for path in (*durable, inbox, staged, os.path.dirname(entry)):
-            self._sync_path(path)
-
-    @classmethod
-    def _write_new(cls, path: str, data: bytes) -> None:
-        """A new file in a folder no one else sees yet, written in place (not fsync'd)."""
-        os.close(cls._open_new(path, data))
-
-    @staticmethod
-    def _open_new(path: str, data: bytes) -> int:
-        """``_write_new``, the file left open: its descriptor, which the caller closes."""
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            pwrite_all(fd, data, 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-
     # -- leases --------------------------------------------------------------
 
     def acquire_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        return self._swap_lease(run_id, owner, ttl, _lease_free)
+        return self._swap_lease(run_id, owner, ttl, lease_free)
 
     def renew_lease(self, run_id: str, owner: str, ttl: float) -> bool:
-        def ours(held: tuple[str, float] | None) -> bool:
+        def ours(held: Held) -> bool:
             return held is not None and held[0] == owner and held[1] > time.time()
 
         return self._swap_lease(run_id, owner, ttl, ours)
 
-    def _swap_lease(self, run_id: str, owner: str, ttl: float, may: Callable[[tuple[str, float] | None], bool]) -> bool:
+    def _swap_lease(self, run_id: str, owner: str, ttl: float, may: Callable[[Held], bool]) -> bool:
         """Under the run's lock: give ``owner`` the lease for ``ttl`` if ``may(held lease)``."""
         lock, folder = self._lock(run_id)
         try:
-            return self._swap_held_lease(lock, folder, owner, ttl, may)
+            return self._locks.swap_lease(lock, os.path.basename(folder), owner, ttl, may)
         finally:
             self._unlock(run_id, lock)
-
-    def _swap_held_lease(
-        self, lock: RunLock, folder: str, owner: str, ttl: float, may: Callable[[tuple[str, float] | None], bool]
-    ) -> bool:
-        """``_swap_lease`` with the run's lock held."""
-        fd = lock.lease(create=True)
-        if not may(read_lease(fd)):
-            return False
-        expiry = time.time() + ttl
-        write_lease(fd, f"{owner}\n{expiry}".encode())
-        self._locks.leased[os.path.basename(folder)] = expiry
-        return True
 
     def release_lease(self, run_id: str, owner: str) -> None:
         if not os.path.isdir(self._folder(run_id)):
             return
         lock, folder = self._lock(run_id)
         try:
-            self._release_held_lease(lock, folder, owner)
+            self._locks.release_lease(lock, os.path.basename(folder), owner)
         finally:
             self._unlock(run_id, lock)
         self._due.let_go()
 
-    def _release_held_lease(self, lock: RunLock, folder: str, owner: str) -> None:
-        """``release_lease`` with the run's lock held."""
-        fd = lock.lease(create=False)
-        if fd < 0:
-            return
-        held = read_lease(fd)
-        if held is not None and held[0] == owner:
-            write_lease(fd, b"")  # free
-            self._locks.leased.pop(os.path.basename(folder), None)
-
     # -- visibility and retention ------------------------------------------
 
     def write_info(self, run_id: str, info: bytes) -> None:
-        """Overwrite the older of the two summary slots in place, numbered after the newer; no fsync.
-
-        Readers take no lock: one that meets the slot being written finds it
-        torn (its CRC fails) and reads the other, the summary before. A crash
-        tears at most that slot, so the previous summary survives it. (The
-        summary is derived from the log and rewritten by the next turn, so it
-        is not fsync'd; replacing it by rename cost 100 to 250 µs here.)
-        """
+        """Overwrite the older of the two summary slots in place, numbered after the newer; no fsync (fs_info.py)."""
         lock, folder = self._lock(run_id)
         try:
-            self._write_info(folder, info)
+            fs_info.write_slot(folder, info)
         finally:
             self._unlock(run_id, lock)
 
-    @staticmethod
-    def _write_info(folder: str, info: bytes) -> None:
-        """``write_info`` with the run's lock held."""
-        slots = [read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
-        numbers = [slot[0] if slot is not None else -1 for slot in slots]
-        target = numbers.index(min(numbers))  # slot 0 first: list_runs looks for it
-        fd = os.open(os.path.join(folder, _INFO_SLOTS[target]), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            pwrite_all(fd, frame(SEQUENCE.pack(max(numbers) + 1) + info), 0)
-        finally:
-            os.close(fd)
-
     def read_info(self, run_id: str) -> bytes | None:
         folder = self._folder(run_id)
-        slots = [read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
-        if slots == [None, None]:
-            return read_file(os.path.join(folder, "info"))  # written whole by an earlier version, or None
-        if all(slot is None or slot[0] < 0 for slot in slots):  # both torn: two writes during our reads
+        slots = fs_info.read_slots(folder)
+        if fs_info.both_torn(slots):  # two writes during our reads
             with self._locked(run_id):
-                slots = [read_info_slot(os.path.join(folder, name)) for name in _INFO_SLOTS]
-        newest = max((slot for slot in slots if slot is not None), default=(-1, b""))
-        return newest[1] if newest[0] >= 0 else None
+                slots = fs_info.read_slots(folder)
+        return fs_info.newest(folder, slots)
 
     def list_runs(self, *, after: str | None = None, limit: int = 100) -> list[str]:
         ids = []
         for name in os.listdir(self._runs):
-            if not (self._runs / name / _INFO_SLOTS[0]).exists() and not (self._runs / name / "info").exists():
+            if not fs_info.has_summary(os.path.join(self._runs, name)):
                 continue
             raw = read_file(self._runs / name / "id") if name.startswith("~") else None
-            ids.append(raw.decode() if raw is not None else _run_id_of(name))
+            ids.append(raw.decode() if raw is not None else run_id_of(name))
         ids.sort()
         if after is not None:
             ids = [i for i in ids if i > after]
@@ -784,19 +574,10 @@ class FSBackend(Backend):
                     self._due.remove(entry)
             graveyard = self._tmp / f"deleted-{unique_name()}"
             os.rename(path, graveyard)
-            self._tails.pop(run_id, None)
+            self._logs.forget(run_id)
             self._locks.leased.pop(path.name, None)
         self._locks.forget(run_id)
-        _remove_tree(graveyard)
+        remove_tree(graveyard)
 
     def close(self) -> None:
         self._closer()
-
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        if child.is_dir():
-            child.rmdir()
-        else:
-            child.unlink()
-    path.rmdir()

@@ -11,8 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
+from collections.abc import Callable
+
+from substantial.backends.fs_records import read_lease, write_lease
+
+#: A run's lease as its file holds it: owner and expiry, or None when free.
+Held = tuple[str, float] | None
 
 #: How many runs' lock files a client keeps open when no thread holds them (the runs it used last).
 OPEN_LOCKS = 128
@@ -105,6 +112,26 @@ class LockTable:
             for other_id in idle:
                 self.locks.pop(other_id).close()
 
+    def swap_lease(self, lock: RunLock, name: str, owner: str, ttl: float, may: Callable[[Held], bool]) -> bool:
+        """With ``lock`` held: give ``owner`` the lease of the run (folder ``name``) for ``ttl`` if ``may(held)``."""
+        fd = lock.lease(create=True)
+        if not may(read_lease(fd)):
+            return False
+        expiry = time.time() + ttl
+        write_lease(fd, f"{owner}\n{expiry}".encode())
+        self.leased[name] = expiry
+        return True
+
+    def release_lease(self, lock: RunLock, name: str, owner: str) -> None:
+        """With ``lock`` held: free the run's lease if ``owner`` holds it."""
+        fd = lock.lease(create=False)
+        if fd < 0:
+            return
+        held = read_lease(fd)
+        if held is not None and held[0] == owner:
+            write_lease(fd, b"")  # free
+            self.leased.pop(name, None)
+
     def forget(self, run_id: str) -> None:
         """Close the run's lock file now if no thread uses it (its run was deleted)."""
         with self.guard:
@@ -143,6 +170,11 @@ def _forget_locks_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_locks_after_fork)
+
+
+def lease_free(held: Held) -> bool:
+    """Whether a lease may be taken: none is held, or it expired (a lease is taken once, even by its owner)."""
+    return held is None or held[1] <= time.time()
 
 
 def identity(st: os.stat_result) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -21,6 +22,7 @@ HEADER = struct.Struct(">II")  # payload length, CRC32 of the payload
 HEADER_CRC = struct.Struct(">I")  # CRC32 of the header above
 FRAME = HEADER.size + HEADER_CRC.size
 SEQUENCE = struct.Struct(">Q")  # a summary's number, before it in its slot
+STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body in its file
 #: Every log file begins with a magic and a random id: a cache of offsets is per file, not per inode.
 MAGIC = b"SUBSTL1\n"
 FILE_HEAD = len(MAGIC) + 8
@@ -85,6 +87,11 @@ def parse(data: bytes, start: int, run_id: str) -> tuple[list[bytes], int]:
     return records, offset
 
 
+def stamped(body: bytes) -> bytes:
+    """A message's file: the time it is posted, then its body (an inbox is read oldest first)."""
+    return STAMP.pack(time.time_ns()) + body
+
+
 def pwrite_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -142,6 +149,26 @@ def read_pointer(path: str) -> str | None:
     if record is None:
         return ""
     return record.decode() or None
+
+
+def write_pointer(path: str, entry: str, *, fsync: bool) -> None:
+    """Write a run's due pointer in place: one framed record; with ``fsync``, fsync'd (its folder too when new).
+
+    A write torn by a crash reads as "" (see ``read_pointer``): then no entry
+    of the run is taken for stale until a schedule writes it whole.
+    """
+    try:
+        fd, created = os.open(path, os.O_WRONLY | os.O_CLOEXEC), False
+    except FileNotFoundError:
+        fd, created = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+    try:
+        pwrite_all(fd, frame(entry.encode()), 0)
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    if created and fsync:
+        fsync_path(os.path.dirname(path))
 
 
 def read_file(path: str | os.PathLike[str], most: int | None = None) -> bytes | None:
