@@ -240,14 +240,16 @@ def main() -> None:
     began = time.perf_counter()
     table = Table()
     with stores(args.store_dir) as subjects:
+        timed("W1-W3", lambda: peers(args, table, subjects))
+        timed("scaling", lambda: scaling(args, table, subjects))
+        # last: the probe deletes what it makes, and on ext4 without a journal every inode freed
+        # slows the creates of the next 5 to 35 seconds (docs/benchmarks.md, "The disk")
         where = {args.store_dir: create_us(args.store_dir), tempfile.gettempdir(): create_us(tempfile.gettempdir())}
         table.notes.append(
-            "a folder and a file made, median: "
+            "a folder and a file made, median, after the runs: "
             + "; ".join(f"{us:.0f} µs in {folder}" for folder, us in where.items())
             + f" (the files store is in {args.store_dir})"
         )
-        timed("W1-W3", lambda: peers(args, table, subjects))
-        timed("scaling", lambda: scaling(args, table, subjects))
     print()
     table.print()
     if "counts" in args.only:
