@@ -17,7 +17,7 @@ import pytest
 from substantial import Conductor, Context, workflow
 from substantial import events as ev
 from substantial.backends import MemoryBackend
-from substantial.worker import _Turn
+from substantial.turn import Turn
 
 STEPS = 20
 
@@ -177,7 +177,7 @@ def test_a_run_whose_turn_lets_its_lease_go_is_not_taken_for_a_lost_lease() -> N
     # thread must not warn of a lost lease then, nor for a run whose turns are over
     worker = conductor_on(CountingBackend()).run(1, poll_interval=30)
     try:
-        turn = _Turn(worker, "default", "r")
+        turn = Turn(worker, "default", "r")
         with worker._lock:
             worker._in_flight["r"] = Future()
             worker._turns["r"] = turn

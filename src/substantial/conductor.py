@@ -20,7 +20,8 @@ from substantial.codec import Codec, JSONCodec, encode_at
 from substantial.errors import RunCancelled, RunFailed, RunNotFound, RunReverted
 from substantial.runs import HistoryEvent, RunInfo, RunStatus, Summary
 from substantial.starts import START_ID, post_start
-from substantial.worker import Ended, Worker
+from substantial.turn import Ended
+from substantial.worker import Worker
 from substantial.workflow import Registry, Workflow
 
 _END = 2**62  # a read position past any log: reads only its version
