@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from substantial import Conductor, Context, workflow
@@ -18,6 +20,21 @@ def sequential(c: Context, steps: int) -> Any:
     for i in range(steps):
         yield c.save(lambda i=i: job(i))
     return steps
+
+
+def alternate(
+    raw: Callable[[int], float], ours: Callable[[int], float], steps: int, rounds: int
+) -> tuple[float, float]:
+    """Median µs of ``raw`` and of ``ours``, each run ``rounds`` times on ``steps`` steps, in turn.
+
+    This machine's disk and CPU drift by more than the engine's cost within
+    a minute; measured one after the other, the ratio moved with the drift.
+    """
+    raws, timed = [], []
+    for _ in range(rounds):
+        raws.append(raw(steps))
+        timed.append(ours(steps))
+    return statistics.median(raws), statistics.median(timed)
 
 
 def step_record(step: int) -> bytes:

@@ -2,19 +2,24 @@
 
 Run: python benchmarks/redis_step.py [steps]
 Prints both, and their ratio (target: at most 1.5), with Redis keeping
-nothing on disk and with appendfsync always.
+nothing on disk and with appendfsync always: the medians of five rounds of
+``steps``, the raw loop and the save steps in turn.
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 
-from _jobs import sequential_step_us, step_record
+from _jobs import alternate, sequential_step_us, step_record
 from _redis import redis_server
 
 from substantial import Conductor
 from substantial.backends import RedisBackend
+
+ROUNDS = 5
+_RAW_LOGS = itertools.count()  # a fresh log for each raw round
 
 
 def substantial_step_us(url: str, steps: int) -> float:
@@ -26,7 +31,7 @@ def substantial_step_us(url: str, steps: int) -> float:
 
 def raw_append_us(url: str, steps: int) -> float:
     """The floor: the same record appended by the same Lua script, one round trip per record."""
-    backend = RedisBackend.from_url(f"{url}?prefix=bench-raw")
+    backend = RedisBackend.from_url(f"{url}?prefix=bench-raw-{next(_RAW_LOGS)}")
     record = step_record(steps)
     began = time.perf_counter()
     for version in range(steps):
@@ -37,14 +42,13 @@ def raw_append_us(url: str, steps: int) -> float:
 
 
 def main() -> None:
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 2000
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     for label, args in [
         ("appendonly no", ("--appendonly", "no")),
         ("appendfsync always", ("--appendonly", "yes", "--appendfsync", "always")),
     ]:
         with redis_server(*args) as url:
-            raw = raw_append_us(url, steps)
-            ours = substantial_step_us(url, steps)
+            raw, ours = alternate(lambda n: raw_append_us(url, n), lambda n: substantial_step_us(url, n), steps, ROUNDS)
         print(f"Redis, {label}: raw conditional append {raw:8.1f} µs, save step {ours:8.1f} µs")
         print(f"  ratio {ours / raw:.2f} (target <= 1.5)")
 
