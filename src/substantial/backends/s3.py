@@ -13,32 +13,23 @@ Layout under the prefix (see docs/backends.md)::
 
 No write spans two objects, so the order of writes carries every guarantee:
 an object is written before anything that names it, and removed after.
-boto3 and botocore are imported here only, for the ``s3`` extra.
+boto3 and botocore are imported here and in s3_requests.py only, for the ``s3`` extra.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import struct
 import threading
 import time
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
 import boto3  # type: ignore[import-untyped]
-from botocore.config import Config  # type: ignore[import-untyped]
-from botocore.exceptions import (  # type: ignore[import-untyped]
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-)
 
 from substantial.backends.base import Backend, Message, check_run_id
 from substantial.backends.s3_log import (
@@ -54,7 +45,10 @@ from substantial.backends.s3_log import (
     seg_of,
     stitch,
 )
-from substantial.errors import Conflict, CorruptRecord, StorageError, SubstantialError
+from substantial.backends.s3_requests import Bucket, S3Error, client_config, no_expect_continue
+from substantial.errors import Conflict, CorruptRecord, SubstantialError
+
+__all__ = ["S3Backend", "S3Error"]  # S3Error is made in s3_requests.py; docs/backends.md names it here
 
 log = logging.getLogger("substantial.backends.s3")
 
@@ -71,52 +65,6 @@ CACHED_RUNS = 1024
 
 _T = TypeVar("_T")
 _STAMP = struct.Struct(">Q")  # a message's post time in ns, before its body
-_RETRYABLE_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "RequestThrottled",
-    "ServiceUnavailable",
-    "InternalError",
-    "RequestTimeout",
-    "ConditionalRequestConflict",
-    "OperationAborted",
-}
-_HINTS = {
-    "NoSuchBucket": "the bucket does not exist: create it, or fix the name in the URL",
-    "AccessDenied": "check the credentials boto3 found (environment, ~/.aws, instance role) and the bucket policy",
-    "InvalidAccessKeyId": "check the credentials boto3 found (environment, ~/.aws, instance role)",
-    "SignatureDoesNotMatch": "check the secret key and the region",
-    "ExpiredToken": "the session credentials expired: refresh them",
-    "NotImplemented": "this store lacks conditional writes (If-None-Match / If-Match on PutObject), "
-    "which S3Backend needs: AWS S3 has them since 2024, as do recent MinIO and SeaweedFS",
-}
-
-
-class S3Error(StorageError):
-    """An S3 request failed for good: an error retrying cannot fix, or retries ran out."""
-
-    def __init__(self, operation: str, key: str, code: str, message: str) -> None:
-        self.operation = operation
-        self.key = key
-        self.code = code
-        hint = _HINTS.get(code, "")
-        super().__init__(f"S3 {operation} of {key!r} failed: {code}: {message}" + (f" ({hint})" if hint else ""))
-
-
-def _client_config() -> Any:
-    options: dict[str, Any] = {
-        "retries": {"mode": "standard", "total_max_attempts": 8},
-        "connect_timeout": 5,
-        "read_timeout": 30,
-        "max_pool_connections": 32,
-        "tcp_keepalive": True,
-    }
-    if "request_checksum_calculation" in Config.OPTION_DEFAULTS:  # botocore >= 1.36
-        # checksums only where S3 requires them: third-party stores reject the new trailers
-        options["request_checksum_calculation"] = "when_required"
-        options["response_checksum_validation"] = "when_required"
-    return Config(**options)
 
 
 class S3Backend(Backend):
@@ -145,12 +93,13 @@ class S3Backend(Backend):
         self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
         self._owns_client = client is None
         self.client = client or boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, region_name=region, config=_client_config()
+            "s3", endpoint_url=endpoint_url, region_name=region, config=client_config()
         )
         # bodies are small: no "Expect: 100-continue", whose early replies (a 412, an empty PUT's 200)
         # botocore mishandles on a reused connection, reading the next reply as that stale one
-        self.client.meta.events.register("before-send.s3", _no_expect_continue, unique_id="substantial-no-expect")
+        self.client.meta.events.register("before-send.s3", no_expect_continue, unique_id="substantial-no-expect")
         self.retry_for = retry_for
+        self._s3 = Bucket(self.client, bucket, retry_for)
         self._guard = threading.Lock()
         self._runs: OrderedDict[str, RunCache] = OrderedDict()
         self._seen: OrderedDict[tuple[str, str], set[str]] = OrderedDict()  # entries a poll returned
@@ -162,91 +111,8 @@ class S3Backend(Backend):
 
     # -- requests ----------------------------------------------------------
 
-    def _call(
-        self, operation: str, key: str, *, then: Callable[[Any], Any] = lambda reply: reply, **kwargs: Any
-    ) -> Any:
-        """One request (and ``then`` of its reply, such as reading its body), retried with backoff.
-
-        botocore retries throttling, 5xx, timeouts and lost connections a
-        few times itself; this adds a deadline, the 409s of racing
-        conditional writes and bodies cut short. 412 and 404 go back to the
-        caller as ``ClientError``; anything else is ``S3Error``.
-        """
-        name = self.client.meta.method_to_api_mapping.get(operation, operation)
-        deadline = time.monotonic() + self.retry_for
-        delay = 0.05
-        while True:
-            try:
-                return then(getattr(self.client, operation)(Bucket=self.bucket, **kwargs))
-            except ClientError as e:
-                code, status = _code(e), _status(e)
-                if status in (404, 412) and code != "NoSuchBucket":
-                    raise
-                if code not in _RETRYABLE_CODES and status not in (500, 502, 503, 504):
-                    raise S3Error(name, key, code, _message(e)) from e
-                error: Exception = e
-            except (ConnectionError, HTTPClientError) as e:
-                error = e
-            except NoCredentialsError as e:
-                raise S3Error(name, key, "NoCredentials", f"{e}: set AWS_ACCESS_KEY_ID, a profile, or a role") from e
-            except BotoCoreError as e:
-                raise S3Error(name, key, type(e).__name__, str(e)) from e
-            if time.monotonic() + delay > deadline:
-                code = _code(error) if isinstance(error, ClientError) else type(error).__name__
-                raise S3Error(name, key, code, f"still failing after {self.retry_for:.0f}s: {error}") from error
-            log.warning("S3 %s of %r failed (%s); retrying in %.2fs", name, key, error, delay)
-            time.sleep(delay * random.uniform(0.5, 1.0))
-            delay = min(delay * 2, 5.0)
-
     def _key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)
-
-    def _get(self, key: str) -> tuple[bytes, str] | None:
-        """The object's body and ETag, or None if there is none."""
-        try:
-            found: tuple[bytes, str] = self._call(
-                "get_object", key, Key=key, then=lambda reply: (reply["Body"].read(), reply["ETag"])
-            )
-        except ClientError as e:
-            if _status(e) == 404:
-                return None
-            raise S3Error("GetObject", key, _code(e), _message(e)) from e
-        return found
-
-    def _put(self, key: str, body: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str | None:
-        """Write the object; its new ETag, or None if the condition did not hold."""
-        condition: dict[str, Any] = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
-        try:
-            return str(self._call("put_object", key, Key=key, Body=body, **condition)["ETag"])
-        except ClientError as e:
-            if condition and _status(e) in (404, 412):  # If-Match on a missing object: 404 on AWS, 412 elsewhere
-                return None
-            raise S3Error("PutObject", key, _code(e), _message(e)) from e
-
-    def _list(self, prefix: str, *, after: str | None = None, page: int = 1000) -> Iterator[str]:
-        """Keys under ``prefix`` (after ``after``) in order, a page per request as they are consumed."""
-        kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": page}
-        if after is not None:
-            kwargs["StartAfter"] = after
-        while True:
-            reply = self._call("list_objects_v2", prefix, **kwargs)
-            for item in reply.get("Contents", []):
-                yield item["Key"]
-            if not reply.get("IsTruncated"):
-                return
-            kwargs.pop("StartAfter", None)
-            kwargs["ContinuationToken"] = reply["NextContinuationToken"]
-
-    def _delete(self, keys: Iterable[str]) -> None:
-        """Remove these objects (missing ones are fine), a thousand per request."""
-        todo = list(dict.fromkeys(keys))
-        for start in range(0, len(todo), 1000):
-            batch = [{"Key": k} for k in todo[start : start + 1000]]
-            reply = self._call("delete_objects", batch[0]["Key"], Delete={"Objects": batch, "Quiet": True})
-            errors = reply.get("Errors", [])
-            if errors:
-                first = errors[0]
-                raise S3Error("DeleteObjects", first.get("Key", ""), first.get("Code", "?"), first.get("Message", ""))
 
     def _map(self, f: Callable[[str], _T], keys: Sequence[str]) -> list[_T]:
         """``f`` of each key, in parallel when there are several."""
@@ -275,7 +141,7 @@ class S3Backend(Backend):
         return self._key("runs", run_id, "seg", f"{end:016d}" + (".base" if kind == BASE else ".delta"))
 
     def _piece(self, key: str) -> Piece | None:
-        found = self._get(key)
+        found = self._s3.get(key)
         return decode_piece(found[0], key) if found is not None else None
 
     def _chain(self, run_id: str, cache: RunCache) -> Chain:
@@ -286,7 +152,7 @@ class S3Backend(Backend):
     def _refresh(self, run_id: str, chain: Chain) -> Chain:
         """Objects written since the chain's last: one LIST, and a GET of the newest if there are any."""
         after = self._log_key(run_id, chain.next_n - 1) if chain.next_n else None
-        keys = list(self._list(self._key("runs", run_id, "log/"), after=after))
+        keys = list(self._s3.list(self._key("runs", run_id, "log/"), after=after))
         if not keys:
             return chain
         top = self._piece(keys[-1])
@@ -308,10 +174,10 @@ class S3Backend(Backend):
         make the whole log.
         """
         for _ in range(3):
-            segs = {key: seg_of(key) for key in self._list(self._key("runs", run_id, "seg/"))}
+            segs = {key: seg_of(key) for key in self._s3.list(self._key("runs", run_id, "seg/"))}
             last_end = max((end for end, _ in segs.values()), default=-1)
             after = self._log_key(run_id, last_end) if last_end >= 0 else None
-            listed = self._list(self._key("runs", run_id, "log/"), after=after)
+            listed = self._s3.list(self._key("runs", run_id, "log/"), after=after)
             newest = next(iter(deque(listed, maxlen=1)), None)  # the newest object after the segments
             base = max((k for k, (_, kind) in segs.items() if kind == BASE), default=None)
             base_end = segs[base][0] if base else -1
@@ -332,7 +198,7 @@ class S3Backend(Backend):
 
     def _walk_back(self, run_id: str, found: list[Piece]) -> tuple[list[bytes], list[Piece]]:
         """The slow path: read log objects from the newest back until they chain to version 0."""
-        keys = list(self._list(self._key("runs", run_id, "log/")))
+        keys = list(self._s3.list(self._key("runs", run_id, "log/")))
         have = {p.number for p in found if p.kind in (APPEND, REPLACE)}
         todo = [k for k in reversed(keys) if int(k[-16:]) not in have]
         while True:
@@ -376,7 +242,7 @@ class S3Backend(Backend):
 
     def _create(self, key: str, piece: Piece) -> bool:
         """Create the object unless it exists; True if it now holds ``piece`` (a retried write may have landed)."""
-        if self._put(key, encode_piece(piece), if_none_match=True) is not None:
+        if self._s3.put(key, encode_piece(piece), if_none_match=True) is not None:
             return True
         there = self._piece(key)
         return there is not None and there.token == piece.token
@@ -433,7 +299,7 @@ class S3Backend(Backend):
 
     def _merge(self, run_id: str, cache: RunCache, chain: Chain, piece: Piece) -> None:
         try:
-            self._put(self._seg_key(run_id, piece.number, piece.kind), encode_piece(piece), if_none_match=True)
+            self._s3.put(self._seg_key(run_id, piece.number, piece.kind), encode_piece(piece), if_none_match=True)
         except SubstantialError as e:  # exists: a segment of the same records, as good
             log.warning("run %s: merging its log objects failed, a later append tries again: %s", run_id, e)
             with cache.lock:
@@ -452,7 +318,7 @@ class S3Backend(Backend):
             chain.window_objects = chain.next_n - 1 - piece.number
             stale, chain.stale = (sorted(chain.stale), set()) if len(chain.stale) >= 4 else ([], chain.stale)
         try:
-            self._delete(stale)
+            self._s3.delete(stale)
         except SubstantialError as e:
             log.warning("run %s: deleting superseded segments failed: %s", run_id, e)
 
@@ -479,7 +345,7 @@ class S3Backend(Backend):
         if records:  # so later appends hold only their own records; if this is lost, the first merge writes one
             base = replace(piece, kind=BASE, token=uuid.uuid4().bytes)
             try:
-                self._put(self._seg_key(run_id, n, BASE), encode_piece(base), if_none_match=True)
+                self._s3.put(self._seg_key(run_id, n, BASE), encode_piece(base), if_none_match=True)
                 fresh.base = (n, len(records))
             except SubstantialError as e:
                 log.warning("run %s: writing the base segment of its replaced log failed: %s", run_id, e)
@@ -498,9 +364,9 @@ class S3Backend(Backend):
         for name in (queue, run_id, message.id):
             check_run_id(name)
         marker = self._key("posting", queue, f"{time.time_ns():020d}~{uuid.uuid4().hex[:12]}~{run_id}")
-        self._put(marker, b"")
+        self._s3.put(marker, b"")
         stamped = _STAMP.pack(time.time_ns()) + message.body
-        self._put(
+        self._s3.put(
             self._key("runs", run_id, "inbox", message.id), stamped, if_none_match=True
         )  # a retry keeps the first
         self._set_due(queue, run_id, time.time(), also_delete=[marker])
@@ -508,16 +374,16 @@ class S3Backend(Backend):
     def take_inbox(self, run_id: str) -> list[Message]:
         check_run_id(run_id)
         prefix = self._key("runs", run_id, "inbox/")
-        keys = list(self._list(prefix))
+        keys = list(self._s3.list(prefix))
         found = []
-        for key, got in zip(keys, self._map(self._get, keys), strict=True):
+        for key, got in zip(keys, self._map(self._s3.get, keys), strict=True):
             if got is not None and len(got[0]) >= _STAMP.size:
                 found.append((_STAMP.unpack_from(got[0])[0], key[len(prefix) :], got[0][_STAMP.size :]))
         return [Message(message_id, body) for _, message_id, body in sorted(found)]
 
     def ack(self, run_id: str, ids: Iterable[str]) -> None:
         check_run_id(run_id)
-        self._delete(self._key("runs", run_id, "inbox", check_run_id(i)) for i in ids)
+        self._s3.delete(self._key("runs", run_id, "inbox", check_run_id(i)) for i in ids)
 
     # -- the due index -----------------------------------------------------
 
@@ -526,7 +392,7 @@ class S3Backend(Backend):
 
     def _pointer(self, run_id: str, queue: str) -> tuple[str | None, list[str]]:
         """The ETag of the run's due pointer on ``queue`` (None if absent), its entry and the one before."""
-        got = self._get(self._key("runs", run_id, f"due.{queue}"))
+        got = self._s3.get(self._key("runs", run_id, f"due.{queue}"))
         return (got[1], got[0].decode().split("\n")) if got is not None else (None, [])
 
     def _set_due(self, queue: str, run_id: str, due_at: float | None, also_delete: Iterable[str] = ()) -> None:
@@ -553,16 +419,16 @@ class S3Backend(Backend):
                     written: str | None = None
                     break  # no pointer and nothing to point at
                 body = "\n".join([new, *old[:1]]).encode()
-                written = self._put(pointer, body, if_match=etag, if_none_match=etag is None)
+                written = self._s3.put(pointer, body, if_match=etag, if_none_match=etag is None)
                 if written is not None:
                     break
                 etag, old = self._pointer(run_id, queue)
             cache.pointers[queue] = (written, [new, *old[:1]]) if written else (None, [])
         if new:
-            self._put(new, run_id.encode())
+            self._s3.put(new, run_id.encode())
         with self._guard:
             seen = self._seen.pop((queue, run_id), set())
-        self._delete(k for k in (*old, *seen, *also_delete) if k and k != new)
+        self._s3.delete(k for k in (*old, *seen, *also_delete) if k and k != new)
 
     def schedule(self, queue: str, run_id: str, due_at: float) -> None:
         self._set_due(queue, run_id, due_at)
@@ -578,7 +444,7 @@ class S3Backend(Backend):
         found: dict[str, None] = {}
         if limit <= 0:
             return []
-        for key in self._list(prefix, page=min(1000, 2 * limit + 8)):
+        for key in self._s3.list(prefix, page=min(1000, 2 * limit + 8)):
             name = key[len(prefix) :]
             if int(name[:17]) > cutoff:
                 break
@@ -600,7 +466,7 @@ class S3Backend(Backend):
             return
         self._scanned[queue] = now
         prefix, cutoff = self._key("posting", queue, ""), int((now - POSTING_GRACE) * 1e9)
-        for key in list(self._list(prefix)):
+        for key in list(self._s3.list(prefix)):
             stamp, _, run_id = key[len(prefix) :].split("~", 2)
             if int(stamp) > cutoff:
                 break
@@ -610,7 +476,7 @@ class S3Backend(Backend):
     # -- leases --------------------------------------------------------------
 
     def _lease(self, run_id: str) -> tuple[str, str, float] | None:
-        got = self._get(self._key("runs", run_id, "lease"))
+        got = self._s3.get(self._key("runs", run_id, "lease"))
         if got is None:
             return None
         owner, _, expires = got[0].decode().rpartition("\n")
@@ -634,7 +500,7 @@ class S3Backend(Backend):
                     cache.lease = state
                     return False
                 if new is not None:
-                    written = self._put(
+                    written = self._s3.put(
                         key, f"{new[0]}\n{new[1]!r}".encode(), if_match=etag, if_none_match=etag is None
                     )
                     if written is not None:
@@ -663,10 +529,10 @@ class S3Backend(Backend):
     # -- visibility and retention ------------------------------------------
 
     def write_info(self, run_id: str, info: bytes) -> None:
-        self._put(self._key("info", check_run_id(run_id)), info)
+        self._s3.put(self._key("info", check_run_id(run_id)), info)
 
     def read_info(self, run_id: str) -> bytes | None:
-        got = self._get(self._key("info", check_run_id(run_id)))
+        got = self._s3.get(self._key("info", check_run_id(run_id)))
         return got[0] if got is not None else None
 
     def list_runs(self, *, after: str | None = None, limit: int = 100) -> list[str]:
@@ -674,7 +540,7 @@ class S3Backend(Backend):
             return []
         prefix = self._key("info", "")
         ids = []
-        for key in self._list(prefix, after=prefix + after if after is not None else None, page=min(limit, 1000)):
+        for key in self._s3.list(prefix, after=prefix + after if after is not None else None, page=min(limit, 1000)):
             ids.append(key[len(prefix) :])
             if len(ids) >= limit:
                 break
@@ -694,34 +560,17 @@ class S3Backend(Backend):
                 while chain.version > 0 and not self._start_epoch(run_id, cache, chain, []):
                     chain = cache.chain = self._refresh(run_id, chain)
                 keep = self._log_key(run_id, cache.chain.next_n - 1 if cache.chain else 0)
-            keys = list(self._list(self._key("runs", run_id, "")))
+            keys = list(self._s3.list(self._key("runs", run_id, "")))
             pointers = [k for k in keys if k.rsplit("/", 1)[1].startswith("due.")]
-            entries = [e for got in self._map(self._get, pointers) if got for e in got[0].decode().split("\n")]
+            entries = [e for got in self._map(self._s3.get, pointers) if got for e in got[0].decode().split("\n")]
             with self._guard:
                 for queue_run in [qr for qr in self._seen if qr[1] == run_id]:
                     entries += self._seen.pop(queue_run)
-            self._delete(e for e in entries if e)
-            self._delete([k for k in keys if k != keep] + [self._key("info", run_id)])
+            self._s3.delete(e for e in entries if e)
+            self._s3.delete([k for k in keys if k != keep] + [self._key("info", run_id)])
             cache.lease, cache.pointers = None, {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=False)
         if self._owns_client:
             self.client.close()
-
-
-def _no_expect_continue(request: Any, **_: Any) -> None:
-    if "Expect" in request.headers:
-        del request.headers["Expect"]
-
-
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", "Unknown"))
-
-
-def _status(error: ClientError) -> int:
-    return int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def _message(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Message", "")) or str(error)
