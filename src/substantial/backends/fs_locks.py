@@ -3,7 +3,8 @@
 ``filelock``'s ``FileLock`` opens, checks and closes its file on every
 acquire, which cost as much as the fsync of an append; a client here keeps
 the lock files of the runs it used last open, and a forked child drops the
-ones it inherited.
+ones it inherited. A run's lease is taken and let go with its lock held,
+through its lease file, which stays open beside the lock file.
 """
 
 from __future__ import annotations
