@@ -29,6 +29,9 @@ log = logging.getLogger("substantial.worker")
 _LISTEN_JOIN = 5.0  # seconds stop() waits for the wake-up listener
 
 
+__all__ = ["Ended", "StickyCache", "Worker"]  # Ended is made in turn.py; on_turn callbacks receive it
+
+
 class StickyCache:
     """Suspended executions by run id, with the log version each has consumed (LRU)."""
 

@@ -322,6 +322,11 @@ def test_failures_past_botocores_attempts_are_retried_until_the_deadline(store: 
     with pytest.raises(S3Error, match=r"SlowDown.*still failing"):
         hopeless.read_info("r")
 
+    backend.retry_for = 0.5  # changed after it was made: its requests give up as soon
+    assert backend.retry_for == 0.5
+    with pytest.raises(S3Error, match=r"SlowDown.*still failing after 0s"):
+        backend.read_info("r")
+
 
 def test_other_errors_are_typed_and_say_what_to_do(store: Store) -> None:
     client = store.client()

@@ -28,7 +28,7 @@ import crash_workflows
 
 from substantial import Conductor
 from substantial import events as ev
-from substantial.backends import Backend
+from substantial.backends import Backend, FSBackend
 
 T = TypeVar("T")
 
@@ -56,13 +56,14 @@ def die_at_append(backend: Backend, when: str, kind: str) -> None:
 
     backend.append_log = append_log  # type: ignore[method-assign]
     backend.close_turn = close_turn  # type: ignore[method-assign]
-    held_append = getattr(backend, "_append", None)
-    if held_append is not None:  # files: the append under a held lock, which its close calls in its midst
+    if isinstance(backend, FSBackend):  # the append under the held lock, which its close makes in its midst
+        logs = backend._logs
+        held_append = logs.append
 
         def _append(run_id: str, folder: str, records: Sequence[bytes], expected_version: int) -> int:
             return around(records, lambda: held_append(run_id, folder, records, expected_version))
 
-        backend._append = _append  # type: ignore[attr-defined]
+        logs.append = _append  # type: ignore[method-assign]
 
 
 def exit_with_parent() -> None:

@@ -3,8 +3,9 @@
 A record is framed with its length and two CRC32s (of that header, of the
 payload), so one torn by a crash is told from a whole one. A log file begins
 with a magic and a random id; the lease, a due pointer and each summary slot
-hold one framed record, overwritten in place (see fs.py for what a torn one
-means in each).
+hold one framed record, overwritten in place (what a torn one means: for the
+pointer in ``read_pointer``, for a summary slot in fs_info.py, for the lease
+in ``read_lease``). A message's file is its post time, then its body.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Every file and name is made before the first fsync: a journalling filesystem
 (ext4, XFS) commits them all in that one, so the fsyncs after it only wait
-for a flush of the disk's cache.
+for a flush of the disk's cache. ``remove_tree`` removes a staged folder whose
+rename failed, and a deleted run's.
 """
 
 from __future__ import annotations

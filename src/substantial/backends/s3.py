@@ -13,7 +13,7 @@ Layout under the prefix (see docs/backends.md)::
 
 No write spans two objects, so the order of writes carries every guarantee:
 an object is written before anything that names it, and removed after.
-boto3 and botocore are imported here and in s3_requests.py only, for the ``s3`` extra.
+boto3 is imported here and botocore in s3_requests.py, and nowhere else: they are the ``s3`` extra.
 """
 
 from __future__ import annotations
@@ -98,7 +98,6 @@ class S3Backend(Backend):
         # bodies are small: no "Expect: 100-continue", whose early replies (a 412, an empty PUT's 200)
         # botocore mishandles on a reused connection, reading the next reply as that stale one
         self.client.meta.events.register("before-send.s3", no_expect_continue, unique_id="substantial-no-expect")
-        self.retry_for = retry_for
         self._s3 = Bucket(self.client, bucket, retry_for)
         self._guard = threading.Lock()
         self._runs: OrderedDict[str, RunCache] = OrderedDict()
@@ -109,7 +108,16 @@ class S3Backend(Backend):
     def __repr__(self) -> str:
         return f"S3Backend(bucket={self.bucket!r}, prefix={self.prefix!r})"
 
-    # -- requests ----------------------------------------------------------
+    @property
+    def retry_for(self) -> float:
+        """Seconds a request is retried before ``S3Error`` is raised; may be changed."""
+        return self._s3.retry_for
+
+    @retry_for.setter
+    def retry_for(self, seconds: float) -> None:
+        self._s3.retry_for = seconds
+
+    # -- keys, parallel reads, run caches -----------------------------------
 
     def _key(self, *parts: str) -> str:
         return self.prefix + "/".join(parts)

@@ -3,7 +3,7 @@
 botocore retries throttling, 5xx, timeouts and lost connections a few times
 itself; ``Bucket`` adds a deadline, the 409s of racing conditional writes and
 bodies cut short, and turns what cannot succeed into ``S3Error`` with a hint.
-boto3 and botocore are imported here and in s3.py only, for the ``s3`` extra.
+botocore is imported here and boto3 in s3.py, and nowhere else: they are the ``s3`` extra.
 """
 
 from __future__ import annotations
