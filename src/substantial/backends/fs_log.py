@@ -11,7 +11,16 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from substantial.backends.fs_records import FILE_HEAD, MAGIC, frame, fsync_path, new_file_head, parse, pwrite_all
+from substantial.backends.fs_records import (
+    FILE_HEAD,
+    MAGIC,
+    frame,
+    fsync_path,
+    new_file_head,
+    open_or_make,
+    parse,
+    pwrite_all,
+)
 from substantial.errors import Conflict, CorruptRecord
 
 
@@ -40,11 +49,7 @@ class RunLogs:
         No other writer can move or create the log meanwhile. A torn tail (or
         head) left by a crash is cut off before the records are written.
         """
-        log_path = os.path.join(folder, "log")
-        try:
-            fd, created = os.open(log_path, os.O_RDWR | os.O_CLOEXEC), False
-        except FileNotFoundError:
-            fd, created = os.open(log_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+        fd, created = open_or_make(os.path.join(folder, "log"), os.O_RDWR)
         try:
             _, version, file_id, offset, size = self._scan(run_id, fd, 2**62)
             if version != expected_version:

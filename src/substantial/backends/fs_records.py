@@ -152,16 +152,25 @@ def read_pointer(path: str) -> str | None:
     return record.decode() or None
 
 
+def open_or_make(path: str, flags: int) -> tuple[int, bool]:
+    """Open ``path`` with ``flags``, making it if it is missing: its descriptor, and whether it was made.
+
+    An existing file is opened without ``O_CREAT``, so only a caller that made
+    it fsyncs its folder.
+    """
+    try:
+        return os.open(path, flags | os.O_CLOEXEC), False
+    except FileNotFoundError:
+        return os.open(path, flags | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+
+
 def write_pointer(path: str, entry: str, *, fsync: bool) -> None:
     """Write a run's due pointer in place: one framed record; with ``fsync``, fsync'd (its folder too when new).
 
     A write torn by a crash reads as "" (see ``read_pointer``): then no entry
     of the run is taken for stale until a schedule writes it whole.
     """
-    try:
-        fd, created = os.open(path, os.O_WRONLY | os.O_CLOEXEC), False
-    except FileNotFoundError:
-        fd, created = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644), True
+    fd, created = open_or_make(path, os.O_WRONLY)
     try:
         pwrite_all(fd, frame(entry.encode()), 0)
         if fsync:
