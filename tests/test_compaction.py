@@ -11,7 +11,8 @@ from substantial import Conductor, Context, StepFailed, workflow
 from substantial import events as ev
 from substantial.backends import MemoryBackend
 from substantial.codec import JSONCodec
-from substantial.replay import Execution, Progress
+from substantial.outcomes import Progress
+from substantial.replay import Execution
 
 codec = JSONCodec()
 

@@ -2,27 +2,23 @@
 
 Pure: no I/O and no clock of its own (the caller passes one in). The worker
 feeds it the log, calls :meth:`Execution.advance` and appends the records it
-returns; the same object, kept alive, is the sticky cache.
+returns; the same object, kept alive, is the sticky cache. What the log says
+and the events delivered from it are kept by its base, ``History``
+(history.py); what resolving a command gives, by outcomes.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
-import inspect
 import random
-import threading
-import traceback
 import uuid
 from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from substantial import events as ev
-from substantial.codec import Codec, encode_at
+from substantial.codec import Codec
 from substantial.commands import (
     All,
     AnyOf,
@@ -43,230 +39,56 @@ from substantial.commands import (
 )
 from substantial.compaction import compact_log
 from substantial.context import Context
-from substantial.defaults import MAX_RUN_ID
-from substantial.errors import (
-    CodecError,
-    CompactionError,
-    CorruptRecord,
-    NonDeterminismError,
-    RunCancelled,
-    RunReverted,
-    StepFailed,
+from substantial.errors import CodecError, CompactionError, CorruptRecord, NonDeterminismError, RunCancelled, StepFailed
+from substantial.history import History
+from substantial.outcomes import (
+    AGAIN,
+    TERMINAL_STATE,
+    Again,
+    Blocked,
+    Clock,
+    Group,
+    Outcome,
+    Pending,
+    Progress,
+    Resolution,
+    State,
+    call_step,
+    failure_fields,
+    failure_of,
 )
 from substantial.workflow import Workflow
 
-Clock = Callable[[], float]
-State = Literal["running", "waiting", "completed", "failed", "cancelled", "reverted", "continued"]
-TERMINAL_STATE: dict[type[ev.Record], State] = {
-    ev.RunCompleted: "completed",
-    ev.RunFailed: "failed",
-    ev.RunCancelled: "cancelled",
-    ev.RunReverted: "reverted",
-}
-#: Records replay passes over: they belong to no command.
-_PASSED = (ev.Logged, ev.PatchMarked)
 #: Records whose content a replay makes again from the log alone.
 _REPLAYABLE = (ev.Logged, ev.EventConsumed, ev.TimerFired)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """What one ``advance`` did: records to append, and where the run stands.
-
-    ``running`` means: append the records, then call ``advance`` again.
-    ``waiting`` means: park the run until ``due_at`` (``None``: until an
-    event arrives). ``continued`` means: replace the log with
-    ``next_generation`` and go on with a new execution of it.
-    """
-
-    records: list[ev.Record]
-    state: State
-    due_at: float | None = None
-    waiting_for: str = ""
-    next_generation: list[ev.Record] | None = None
-
-
-@dataclass
-class _Outcome:
-    value: Any = None
-    error: BaseException | None = None
-
-
-@dataclass(frozen=True)
-class _Blocked:
-    due_at: float | None
-    waiting_for: str
-
-
-class _Again:
-    """Persist what is pending, then resolve the same command again."""
 
 
 class _ReplayEnd(Exception):
     """A replay-only execution reached the end of its log (see ``Execution.replay``)."""
 
 
-AGAIN = _Again()
 _ENDED = object()
-Resolution = _Outcome | _Blocked | _Again
 
 
-@dataclass
-class _Pending:
-    """The command being resolved and what its step's records said so far."""
-
-    step: int
-    command: Command
-    attempts: int = 0
-    next_at: float | None = None
-    fire_at: float | None = None
-    group: _Group | None = None
-    child_id: str | None = None  # a child command's run, once started
-
-
-@dataclass
-class _Group:
-    """The commands of one all/any: each its own step, resolved in any order."""
-
-    children: list[_Pending]
-    outcomes: list[_Outcome | None]
-    order: list[int] = field(default_factory=list)  # children in the order they completed
-    running: dict[int, Future[Any]] = field(default_factory=dict)  # saves in flight
-
-
-@dataclass
-class _Message:
-    id: str
-    payload: bytes
-
-
-@dataclass
-class _Inbox:
-    """Delivered events of one name: all of them (for handlers) and the unconsumed."""
-
-    delivered: list[_Message] = field(default_factory=list)
-    unconsumed: deque[_Message] = field(default_factory=deque)
-    handlers: list[Callable[[Any], Any]] = field(default_factory=list)
-
-
-def failure_of(error: BaseException) -> ev.Failure:
-    """The log's form of an exception: type path, message, traceback text."""
-    cls = type(error)
-    name = cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
-    tb = "".join(traceback.format_exception(error))
-    if isinstance(error, StepFailed) and error.traceback:
-        tb = f"{tb}\nThe step failed with:\n{error.traceback}"
-    return ev.Failure(type=name, message=str(error), traceback=tb)
-
-
-def _step_failed(record: ev.StepFailed) -> StepFailed:
-    err = record.error
-    return StepFailed(err.type, err.message, err.traceback, record.attempts)
-
-
-def _adapt(callback: Callable[..., Any]) -> Callable[[Any], Any]:
-    """A handler called with the payload if it takes an argument, with none otherwise."""
-    try:
-        params = inspect.signature(callback).parameters.values()
-    except (TypeError, ValueError):
-        return callback
-    takes = any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params)
-    return callback if takes else (lambda _payload: callback())
-
-
-def _call(fn: Callable[[], Any], timeout: float | None) -> Any:
-    """Run ``fn``; past ``timeout`` seconds give up on it with ``TimeoutError``."""
-    if timeout is None:
-        return fn()
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # handed to the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="substantial-step", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(f"step did not finish within {timeout:g}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
-
-
-class Execution:
+class Execution(History):
     """One run: its generator, the log it has consumed, and the events delivered."""
 
     def __init__(self, run_id: str, workflow: Workflow, codec: Codec, log: Sequence[ev.Record]) -> None:
-        self.run_id = run_id
-        self.workflow = workflow
-        self._codec = codec
-        self._log: list[ev.Record] = []
-        self._pos = 0
-        self.seen: set[str] = set()
-        self._logged = 0
-        self._children: dict[str, ev.ChildStarted] = {}  # started, by child id
-        self._ended: set[str] = set()  # children whose end is in the log
-        self._child_ends: dict[str, ev.ChildEnded] = {}  # ends delivered so far
-        self._marker = -1  # position of the compaction's record: log lines before it were emitted
-        self._compactions = 0
         self._dry = False
-        self.feed(log)
+        super().__init__(run_id, workflow, codec, log)
         self._gen: Generator[Any, Any, Any] | None = None
-        self._ready = _Outcome()
-        self._pending: _Pending | None = None
-        self._new: list[ev.Record] = []
+        self._ready = Outcome()
+        self._pending: Pending | None = None
         self._next_step = 0
-        self._log_calls = 0
-        self._inboxes: dict[str, _Inbox] = {}
-        self._cancel: str | None = None
-        self._closing = False
         self._compensable: list[tuple[int, Save]] = []  # completed saves with compensate_with
         self._reverting: deque[Compensate] | None = None  # compensations left, once reverting
         self._revert_cause: BaseException | None = None
         self._next_generation: list[ev.Record] | None = None
         self._executor: Executor | None = None
-        self._clock: Clock = lambda: 0.0
         self.state: State = "running"
         self.context = Context(run_id, workflow.name, self)
 
-    # -- input -------------------------------------------------------------
-
-    def feed(self, records: Sequence[ev.Record]) -> None:
-        """Add records appended after those already known (ingested messages)."""
-        for record in records:
-            self._log.append(record)
-            self._track(record)
-
-    def _track(self, record: ev.Record) -> None:
-        """Note what a record added to the log says about messages, log lines, children, compactions."""
-        if isinstance(record, ev.MESSAGES):
-            self.seen.add(record.message_id)
-            if isinstance(record, ev.ChildEnded):
-                self._ended.add(record.child_id)
-        elif isinstance(record, ev.Logged):
-            self._logged += 1
-        elif isinstance(record, ev.ChildStarted):
-            self._children[record.child_id] = record
-        elif isinstance(record, ev.StepCompleted) and record.command == Compact.kind:
-            self._marker, self._logged = len(self._log) - 1, 0
-            self._compactions = self._codec.decode(record.value)
-
-    @property
-    def length(self) -> int:
-        """Number of log records this execution knows, its own new ones included."""
-        return len(self._log)
-
     # -- children, for the worker ---------------------------------------------
-
-    @property
-    def started(self) -> ev.RunStarted:
-        record = self._log[0] if self._log else None
-        if not isinstance(record, ev.RunStarted):
-            raise CorruptRecord(f"run {self.run_id!r}: the log does not begin with RunStarted")
-        return record
 
     def children_waited(self) -> list[ev.ChildStarted]:
         """Started children the run waits for and has not heard the end of: their start is (re)posted."""
@@ -288,29 +110,6 @@ class Execution:
         children = zip(p.group.children, p.group.outcomes, strict=True)
         return {c.child_id for c, done in children if c.child_id and done is None}
 
-    @property
-    def end(self) -> ev.RunCompleted | ev.RunFailed | ev.RunCancelled | ev.RunReverted | None:
-        """The log's last record once the run has ended (completed, failed, cancelled, reverted), else None."""
-        record = self._log[-1] if self._log else None
-        if isinstance(record, (ev.RunCompleted, ev.RunFailed, ev.RunCancelled, ev.RunReverted)):
-            return record
-        return None
-
-    def ended_message(self) -> ev.ChildEnded | None:
-        """For a child run that has ended: what its parent is told, else None."""
-        end = self.end
-        if not self.started.parent or end is None:
-            return None
-        digest = hashlib.sha256(self.run_id.encode()).hexdigest()[:40]
-        status = TERMINAL_STATE[type(end)]
-        record = ev.ChildEnded(message_id=f"child-ended.{digest}", child_id=self.run_id, status=status)
-        if isinstance(end, ev.RunCompleted):
-            return dataclasses.replace(record, value=end.value)
-        if isinstance(end, ev.RunFailed):
-            return dataclasses.replace(record, error=end.error)
-        error = RunCancelled(end.reason) if isinstance(end, ev.RunCancelled) else RunReverted(self.run_id, end.reason)
-        return dataclasses.replace(record, error=failure_of(error))
-
     # -- the drive loop ----------------------------------------------------
 
     def advance(self, clock: Clock, executor: Executor | None = None) -> Progress:
@@ -325,17 +124,17 @@ class Execution:
                 break
             assert self._pending is not None
             resolution = self._resolve(self._pending)
-            if isinstance(resolution, _Outcome):
+            if isinstance(resolution, Outcome):
                 self._settled(self._pending, resolution)
                 self._ready = resolution
                 self._pending = None
                 continue
-            if isinstance(resolution, _Again):
+            if isinstance(resolution, Again):
                 return self._progress("running")
             return self._progress("waiting", resolution.due_at, resolution.waiting_for)
         return self._progress(self.state)
 
-    def _settled(self, p: _Pending | None, outcome: _Outcome) -> None:
+    def _settled(self, p: Pending | None, outcome: Outcome) -> None:
         """Note what a resolved command means for revert: saves to compensate, revert to start."""
         if p is None or outcome.error is not None:
             return
@@ -365,9 +164,9 @@ class Execution:
         command = self._step_generator()
         while command is not _ENDED and (isinstance(command, Patched) or not isinstance(command, Command)):
             if isinstance(command, Patched):
-                self._ready = _Outcome(self._patched(command.change_id))
+                self._ready = Outcome(self._patched(command.change_id))
             else:
-                self._ready = _Outcome(
+                self._ready = Outcome(
                     error=TypeError(
                         f"workflow {self.workflow.name!r} yielded {command!r}; yield a command "
                         "made by the context, as in `yield c.save(f)`"
@@ -376,10 +175,10 @@ class Execution:
             command = self._step_generator()
         if not isinstance(command, Command):
             return False
-        self._pending = _Pending(self._next_step, command)
+        self._pending = Pending(self._next_step, command)
         if isinstance(command, All):
-            children = [_Pending(self._next_step + i, c) for i, c in enumerate(command.commands)]
-            self._pending.group = _Group(children, [None] * len(children))
+            children = [Pending(self._next_step + i, c) for i, c in enumerate(command.commands)]
+            self._pending.group = Group(children, [None] * len(children), first_wins=isinstance(command, AnyOf))
             self._next_step += len(children) - 1
         self._next_step += 1
         return True
@@ -406,19 +205,8 @@ class Execution:
         if not self._reverting:
             self._finish(ev.RunReverted, "" if cause is None else f"{type(cause).__name__}: {cause}")
             return False
-        self._pending = _Pending(self._next_step, self._reverting.popleft())
+        self._pending = Pending(self._next_step, self._reverting.popleft())
         self._next_step += 1
-        return True
-
-    def _patched(self, change_id: str) -> bool:
-        """True if the log marks the change here or the run is live here; False if the run went past."""
-        for position in range(self._pos, len(self._log)):
-            record = self._log[position]
-            if isinstance(record, ev.PatchMarked) and record.change_id == change_id:
-                return True
-            if isinstance(record, (*ev.STEP_RECORDS, *ev.TERMINAL)):
-                return False
-        self._append(ev.PatchMarked(at=self._clock(), change_id=change_id))
         return True
 
     def _step_generator(self) -> Any:
@@ -447,12 +235,12 @@ class Execution:
 
     # -- resolving one command ----------------------------------------------
 
-    def _resolve(self, p: _Pending) -> Resolution:
+    def _resolve(self, p: Pending) -> Resolution:
         """Resolve ``p`` from the log if it holds the result, else live."""
         if p.group is not None:
             return self._resolve_group(p, p.group)
         while (record := self._next_record()) is not None:
-            if isinstance(record, _Outcome):
+            if isinstance(record, Outcome):
                 return record
             if isinstance(record, ev.TERMINAL):
                 self._pos -= 1
@@ -462,7 +250,7 @@ class Execution:
             self._check(p, record)
             if record.final:
                 return self._from_log(p.command, record)
-            self._apply(p, record)
+            p.apply(record)
         if self._dry:
             raise _ReplayEnd
         cancelled = self._cancelled(p)
@@ -470,46 +258,20 @@ class Execution:
             return cancelled
         return _LIVE[type(p.command)](self, p)
 
-    def _next_record(self) -> ev.Record | _Outcome | None:
-        """The next step or terminal record, delivering the events before it; None at the log's end.
-
-        A handler's error while delivering comes back as the outcome of the command being resolved.
-        """
-        while self._pos < len(self._log):
-            record = self._log[self._pos]
-            self._pos += 1
-            if isinstance(record, ev.MESSAGES):
-                error = self._deliver(record)
-                if error is not None:
-                    return _Outcome(error=error)
-            elif not isinstance(record, _PASSED):
-                return record
-        return None
-
-    @staticmethod
-    def _apply(p: _Pending, record: ev.Record) -> None:
-        """What an intermediate record says: attempts made so far, a deadline."""
-        if isinstance(record, ev.StepAttempt):
-            p.attempts, p.next_at = record.attempt, record.next_at
-        elif isinstance(record, ev.TimerSet):
-            p.fire_at = record.fire_at
-        elif isinstance(record, ev.ChildStarted):
-            p.child_id = record.child_id
-
-    def _cancelled(self, p: _Pending) -> _Outcome | None:
+    def _cancelled(self, p: Pending) -> Outcome | None:
         """A delivered cancel makes the command being resolved live raise ``RunCancelled``."""
         if self._cancel is None or self._reverting is not None:  # a revert runs to its end
             return None
         reason, self._cancel = self._cancel, None
         self._record(p, ev.StepCancelled, reason=reason)
-        return _Outcome(error=RunCancelled(reason))
+        return Outcome(error=RunCancelled(reason))
 
     # -- all / any -----------------------------------------------------------
 
-    def _resolve_group(self, p: _Pending, g: _Group) -> Resolution:
+    def _resolve_group(self, p: Pending, g: Group) -> Resolution:
         """Resolve the children of an all/any from the log, in the order their results were recorded."""
         while (record := self._next_record()) is not None:
-            if isinstance(record, _Outcome):
+            if isinstance(record, Outcome):
                 return record
             index = record.step - p.step
             if isinstance(record, ev.TERMINAL) or not 0 <= index < len(g.children):
@@ -519,45 +281,19 @@ class Execution:
             child = g.children[index]
             self._check(child, record)
             if record.final:
-                self._settle(g, index, self._from_log(child.command, record))
-                done = self._group_done(p, g)
+                g.settle(index, self._from_log(child.command, record))
+                done = g.done()
                 if done is not None:
                     return done
             else:
-                self._apply(child, record)
+                child.apply(record)
         if self._dry:
             raise _ReplayEnd
         return self._live_group(p, g)
 
-    def _settle(self, g: _Group, index: int, outcome: _Outcome) -> None:
-        g.outcomes[index] = outcome
-        g.order.append(index)
-
-    def _group_done(self, p: _Pending, g: _Group) -> _Outcome | None:
-        """The outcome of the all/any once decided, else None."""
-        for outcome in g.outcomes:
-            if outcome is not None and isinstance(outcome.error, RunCancelled):
-                return outcome
-        if isinstance(p.command, AnyOf):
-            if not g.order:
-                return None
-            for future in g.running.values():
-                future.cancel()  # losers: whatever they return is not recorded
-            first = g.order[0]
-            won = g.outcomes[first]
-            assert won is not None
-            return won if won.error is not None else _Outcome((first, won.value))
-        if any(outcome is None for outcome in g.outcomes):
-            return None
-        errors = [o.error for o in g.outcomes if o is not None and o.error is not None]
-        if errors:
-            errors[0].others = errors[1:]  # type: ignore[attr-defined]
-            return _Outcome(error=errors[0])
-        return _Outcome([o.value for o in g.outcomes if o is not None])
-
-    def _live_group(self, p: _Pending, g: _Group) -> Resolution:
+    def _live_group(self, p: Pending, g: Group) -> Resolution:
         """Resolve what can be now: timers and receives in order, then the saves in parallel."""
-        done = self._group_done(p, g)
+        done = g.done()
         if done is not None:
             return done
         open_children = [i for i, outcome in enumerate(g.outcomes) if outcome is None]
@@ -570,12 +306,12 @@ class Execution:
             if isinstance(child.command, Save):
                 continue
             resolution = _LIVE[type(child.command)](self, child)
-            if isinstance(resolution, _Outcome):
-                self._settle(g, i, resolution)
-                done = self._group_done(p, g)
+            if isinstance(resolution, Outcome):
+                g.settle(i, resolution)
+                done = g.done()
                 if done is not None:
                     return done
-            elif isinstance(resolution, _Blocked) and resolution.due_at is not None:
+            elif isinstance(resolution, Blocked) and resolution.due_at is not None:
                 deadlines.append(resolution.due_at)
         saves = [i for i in open_children if isinstance(g.children[i].command, Save) and g.outcomes[i] is None]
         if saves and not g.running and self._unsettled():
@@ -590,20 +326,20 @@ class Execution:
             g.running[i] = self._submit(child.command)
         if g.running:
             return self._await_saves(p, g, deadlines)
-        return self._group_done(p, g) or _Blocked(min(deadlines, default=None), p.command.describe())
+        return g.done() or Blocked(min(deadlines, default=None), p.command.describe())
 
     def _submit(self, command: Command) -> Future[Any]:
         assert isinstance(command, Save)
         if self._executor is not None:
-            return self._executor.submit(_call, command.fn, command.timeout)
+            return self._executor.submit(call_step, command.fn, command.timeout)
         future: Future[Any] = Future()
         try:
-            future.set_result(_call(command.fn, command.timeout))
+            future.set_result(call_step(command.fn, command.timeout))
         except Exception as e:
             future.set_exception(e)
         return future
 
-    def _await_saves(self, p: _Pending, g: _Group, deadlines: list[float]) -> Resolution:
+    def _await_saves(self, p: Pending, g: Group, deadlines: list[float]) -> Resolution:
         """Wait for a save of the group (or the first deadline), record what finished, come back."""
         timeout = max(min(deadlines) - self._clock(), 0.0) if deadlines else None
         wait(list(g.running.values()), timeout=timeout, return_when=FIRST_COMPLETED)
@@ -613,69 +349,24 @@ class Execution:
             del g.running[i]
             error = future.exception()
             resolution = self._save_done(g.children[i], None if error else future.result(), error)
-            if isinstance(resolution, _Outcome):
-                self._settle(g, i, resolution)
+            if isinstance(resolution, Outcome):
+                g.settle(i, resolution)
                 if isinstance(p.command, AnyOf):
                     break  # the first wins; what the others return is not recorded
-        done = self._group_done(p, g)
+        done = g.done()
         return done if done is not None and not self._new else AGAIN
-
-    def _check(self, p: _Pending, record: ev.Record) -> None:
-        held = f"{record.command} {record.fingerprint!r} at step {record.step}"
-        if record.step != p.step or record.command != p.command.kind:
-            raise self._diverged(p.step, held, f"yielded {p.command.describe()}", "The commands changed kind or order.")
-        if record.fingerprint != p.command.fingerprint:
-            raise self._diverged(
-                p.step, held, f"yielded {p.command.describe()}", "The step's function, event name or key changed."
-            )
-
-    def _diverged(self, step: int, held: str, yielded: str, cause: str) -> NonDeterminismError:
-        return NonDeterminismError(self.run_id, step, held, yielded, cause)
-
-    def _from_log(self, command: Command, record: ev.Record) -> _Outcome:
-        if isinstance(record, ev.StepCompleted):
-            return _Outcome(command.convert(self._codec.decode(record.value)))
-        if isinstance(record, ev.StepFailed):
-            return _Outcome(error=_step_failed(record))
-        if isinstance(record, ev.StepCancelled):
-            self._cancel = None
-            return _Outcome(error=RunCancelled(record.reason))
-        if isinstance(record, ev.TimerFired):
-            return _Outcome(error=None if isinstance(command, Sleep) else self._timeout(command))
-        assert isinstance(record, ev.EventConsumed) and isinstance(command, Receive)
-        return _Outcome(self._consume(command.name, record.message_id))
-
-    @staticmethod
-    def _timeout(command: Command) -> TimeoutError:
-        return TimeoutError(f"{command.describe()} timed out")
-
-    def _record(self, p: _Pending, cls: type[ev.Record], **fields: Any) -> None:
-        cmd = p.command
-        keyed = cmd.key is not None
-        self._append(
-            cls(step=p.step, at=self._clock(), command=cmd.kind, fingerprint=cmd.fingerprint, keyed=keyed, **fields)
-        )
-
-    def _append(self, record: ev.Record) -> None:
-        self._log.append(record)
-        self._track(record)
-        self._pos = len(self._log)
-        self._new.append(record)
-
-    def _encode(self, value: Any, where: str) -> bytes:
-        return encode_at(self._codec, value, self.run_id, where)
 
     # -- live handlers, one per command kind -------------------------------
 
-    def _live_save(self, p: _Pending) -> Resolution:
+    def _live_save(self, p: Pending) -> Resolution:
         assert isinstance(p.command, Save)
         cmd = p.command
         if self._unsettled():
             return AGAIN
         if p.next_at is not None and self._clock() < p.next_at:
-            return _Blocked(p.next_at, f"retry of step {p.step} ({cmd.fingerprint})")
+            return Blocked(p.next_at, f"retry of step {p.step} ({cmd.fingerprint})")
         try:
-            return self._save_done(p, _call(cmd.fn, cmd.timeout), None)
+            return self._save_done(p, call_step(cmd.fn, cmd.timeout), None)
         except Exception as e:
             return self._save_done(p, None, e)
 
@@ -688,7 +379,7 @@ class Execution:
         """
         return any(not isinstance(r, _REPLAYABLE) for r in self._new)
 
-    def _save_done(self, p: _Pending, value: Any, error: BaseException | None) -> Resolution:
+    def _save_done(self, p: Pending, value: Any, error: BaseException | None) -> Resolution:
         """Record what an attempt of a save gave: its result, a retry to come, or its failure."""
         assert isinstance(p.command, Save)
         cmd = p.command
@@ -704,55 +395,55 @@ class Execution:
                 self._record(p, ev.StepAttempt, attempt=attempt, error=failure_of(error), next_at=p.next_at)
                 return AGAIN
             self._record(p, ev.StepFailed, error=failure_of(error), attempts=attempt)
-            return _Outcome(error=StepFailed(*_failure_fields(error), attempt))
+            return Outcome(error=StepFailed(*failure_fields(error), attempt))
         self._record(p, ev.StepCompleted, value=data, compensable=cmd.compensate_with is not None)
-        return _Outcome(self._codec.decode(data))
+        return Outcome(self._codec.decode(data))
 
-    def _live_timer(self, p: _Pending, timeout: float | None, waiting_for: str) -> _Outcome | _Blocked:
+    def _live_timer(self, p: Pending, timeout: float | None, waiting_for: str) -> Outcome | Blocked:
         """The deadline part of sleep, receive and ensure."""
         if timeout is None:
-            return _Blocked(None, waiting_for)
+            return Blocked(None, waiting_for)
         if p.fire_at is None:
             p.fire_at = self._clock() + timeout
             self._record(p, ev.TimerSet, fire_at=p.fire_at)
         if self._clock() < p.fire_at:
-            return _Blocked(p.fire_at, waiting_for)
+            return Blocked(p.fire_at, waiting_for)
         self._record(p, ev.TimerFired)
-        return _Outcome(error=None if isinstance(p.command, Sleep) else self._timeout(p.command))
+        return Outcome(error=None if isinstance(p.command, Sleep) else self._timeout(p.command))
 
-    def _live_sleep(self, p: _Pending) -> Resolution:
+    def _live_sleep(self, p: Pending) -> Resolution:
         assert isinstance(p.command, Sleep)
         return self._live_timer(p, p.command.seconds, "sleep")
 
-    def _live_receive(self, p: _Pending) -> Resolution:
+    def _live_receive(self, p: Pending) -> Resolution:
         assert isinstance(p.command, Receive)
         inbox = self._inboxes.get(p.command.name)
         if inbox is not None and inbox.unconsumed:
             message_id = inbox.unconsumed[0].id
             self._record(p, ev.EventConsumed, message_id=message_id)
-            return _Outcome(self._consume(p.command.name, message_id))
+            return Outcome(self._consume(p.command.name, message_id))
         return self._live_timer(p, p.command.timeout, f"receive {p.command.name!r}")
 
-    def _live_ensure(self, p: _Pending) -> Resolution:
+    def _live_ensure(self, p: Pending) -> Resolution:
         assert isinstance(p.command, Ensure)
         try:
             satisfied = bool(p.command.predicate())
         except Exception as e:
             self._record(p, ev.StepFailed, error=failure_of(e), attempts=1)
-            return _Outcome(error=StepFailed(*_failure_fields(e)))
+            return Outcome(error=StepFailed(*failure_fields(e)))
         if satisfied:
             self._record(p, ev.StepCompleted, value=self._encode(True, f"step {p.step}"))
-            return _Outcome(True)
+            return Outcome(True)
         return self._live_timer(p, p.command.timeout, f"ensure {p.command.fingerprint}")
 
-    def _live_continue(self, p: _Pending) -> Resolution:
+    def _live_continue(self, p: Pending) -> Resolution:
         """Build the next generation's log: its start, then the events nobody consumed yet."""
         assert isinstance(p.command, ContinueUsing)
         cmd = p.command
         try:
             args = self._encode(cmd.call(), f"continue_using at step {p.step}")
         except CodecError as e:
-            return _Outcome(error=e)
+            return Outcome(error=e)
         started = self._log[0]
         assert isinstance(started, ev.RunStarted)
         waiting = {m.id for inbox in self._inboxes.values() for m in inbox.unconsumed}
@@ -767,9 +458,9 @@ class Execution:
         )
         self._next_generation = [restart, *carried]
         self.state = "continued"
-        return _Outcome(None)
+        return Outcome(None)
 
-    def _live_child(self, p: _Pending) -> Resolution:
+    def _live_child(self, p: Pending) -> Resolution:
         """Start the child (record it; the worker posts its start), then wait for its end to be delivered."""
         assert isinstance(p.command, Child)
         cmd = p.command
@@ -778,30 +469,19 @@ class Execution:
         if ended is not None:
             if ended.status == "completed":
                 self._record(p, ev.StepCompleted, value=ended.value)
-                return _Outcome(self._codec.decode(ended.value))
+                return Outcome(self._codec.decode(ended.value))
             self._record(p, ev.StepFailed, error=ended.error, attempts=1)
-            return _Outcome(error=StepFailed(ended.error.type, ended.error.message, ended.error.traceback))
+            return Outcome(error=StepFailed(ended.error.type, ended.error.message, ended.error.traceback))
         if p.child_id is None:
             try:
                 args = self._encode(cmd.call(), f"child arguments at step {p.step}")
             except CodecError as e:
-                return _Outcome(error=e)
+                return Outcome(error=e)
             self._record(p, ev.ChildStarted, child_id=child_id, workflow=cmd.workflow, queue=cmd.queue, args=args)
             p.child_id = child_id
-        return _Blocked(None, f"child {child_id}")
+        return Blocked(None, f"child {child_id}")
 
-    def _child_id(self, step: int) -> str:
-        """The id of the child started at ``step``: the parent's id, its generation and compactions, the step."""
-        started = self._log[0]
-        assert isinstance(started, ev.RunStarted)
-        generation, compactions = started.generation, self._compactions
-        epoch = f"{generation}.{compactions}." if generation or compactions else ""
-        child_id = f"{self.run_id}.{epoch}{step}"
-        if len(child_id) > MAX_RUN_ID:
-            child_id = f"{self.run_id[:64]}.{hashlib.sha256(child_id.encode()).hexdigest()[:40]}"
-        return child_id
-
-    def _live_compact(self, p: _Pending) -> Resolution:
+    def _live_compact(self, p: Pending) -> Resolution:
         """Build the compacted log and check that a replay follows it; the worker then swaps it in."""
         if any(not isinstance(r, ev.Logged) for r in self._new):
             return AGAIN  # compact what is stored, nothing less
@@ -815,10 +495,10 @@ class Execution:
         except (NonDeterminismError, CompactionError, CorruptRecord) as e:
             error = e if isinstance(e, CompactionError) else CompactionError(f"replaying the compacted log: {e}")
             self._record(p, ev.StepFailed, error=failure_of(error), attempts=1)
-            return _Outcome(error=StepFailed(*_failure_fields(error)))
+            return Outcome(error=StepFailed(*failure_fields(error)))
         self._next_generation = records
         self.state = "continued"
-        return _Outcome(None)
+        return Outcome(None)
 
     def replay(self) -> None:
         """Replay the log to its end without running anything live; errors if the code does not follow it."""
@@ -830,63 +510,18 @@ class Execution:
         finally:
             self.close()
 
-    def _live_revert(self, p: _Pending) -> Resolution:
+    def _live_revert(self, p: Pending) -> Resolution:
         self._record(p, ev.StepCompleted, value=self._encode(None, f"step {p.step}"))
-        return _Outcome(None)
+        return Outcome(None)
 
-    def _live_value(self, p: _Pending) -> Resolution:
+    def _live_value(self, p: Pending) -> Resolution:
         value = _MAKE_VALUE[type(p.command)](self._clock)
         self._record(p, ev.StepCompleted, value=self._encode(value, f"step {p.step}"))
-        return _Outcome(p.command.convert(value))
+        return Outcome(p.command.convert(value))
 
     # -- events --------------------------------------------------------------
 
-    def _deliver(self, record: ev.Record) -> BaseException | None:
-        """Hand an ingested message to its queue and handlers; a handler's error is returned."""
-        if isinstance(record, ev.CancelRequested):
-            self._cancel = record.reason
-        elif isinstance(record, ev.ChildEnded):
-            self._child_ends[record.child_id] = record
-        elif isinstance(record, ev.EventReceived):
-            inbox = self._inboxes.setdefault(record.name, _Inbox())
-            message = _Message(record.message_id, record.payload)
-            inbox.delivered.append(message)
-            inbox.unconsumed.append(message)
-            try:
-                for handler in inbox.handlers:
-                    handler(self._codec.decode(message.payload))
-            except Exception as e:
-                return e
-        return None
-
-    def _consume(self, name: str, message_id: str) -> Any:
-        inbox = self._inboxes.get(name)
-        for message in inbox.unconsumed if inbox else ():
-            if message.id == message_id:
-                assert inbox is not None
-                inbox.unconsumed.remove(message)
-                return self._codec.decode(message.payload)
-        raise CorruptRecord(f"run {self.run_id!r}: event {message_id!r} is consumed but was never delivered")
-
     # -- Runtime (called by the Context, inside the generator) --------------
-
-    def register_handler(self, name: str, callback: Callable[..., Any]) -> None:
-        if self._closing:
-            return
-        handler = _adapt(callback)
-        inbox = self._inboxes.setdefault(name, _Inbox())
-        for message in inbox.delivered:
-            handler(self._codec.decode(message.payload))
-        inbox.handlers.append(handler)
-
-    def emit_log(self, level: int, message: str) -> None:
-        if self._pos <= self._marker:
-            return  # replaying steps that a compaction folded: emitted long ago
-        seq = self._log_calls
-        self._log_calls += 1
-        if self._closing or seq < self._logged:
-            return  # emitted by the turn that recorded it
-        self._append(ev.Logged(at=self._clock(), seq=seq, level=level, message=message))
 
     # -- the end -----------------------------------------------------------
 
@@ -935,18 +570,13 @@ class Execution:
             self._gen = None
 
 
-def _failure_fields(error: BaseException) -> tuple[str, str, str]:
-    f = failure_of(error)
-    return f.type, f.message, f.traceback
-
-
 _MAKE_VALUE: dict[type[Command], Callable[[Clock], Any]] = {
     Now: lambda clock: clock(),
     Random: lambda _clock: random.random(),
     Uuid4: lambda _clock: uuid.uuid4().hex,
 }
 
-_LIVE: dict[type[Command], Callable[[Execution, _Pending], Resolution]] = {
+_LIVE: dict[type[Command], Callable[[Execution, Pending], Resolution]] = {
     Save: Execution._live_save,
     Compensate: Execution._live_save,
     Revert: Execution._live_revert,

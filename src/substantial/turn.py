@@ -13,7 +13,8 @@ from substantial import defaults
 from substantial import events as ev
 from substantial.backends.base import Message, Opened
 from substantial.errors import CorruptRecord
-from substantial.replay import TERMINAL_STATE, Execution, Progress
+from substantial.outcomes import TERMINAL_STATE, Progress
+from substantial.replay import Execution
 from substantial.runs import RunStatus, Summary
 from substantial.starts import START_ID, is_finished, post_start
 
