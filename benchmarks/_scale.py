@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
@@ -143,14 +143,32 @@ def worker_processes(url: str, processes: int, threads: int = 8) -> Iterator[Non
             process.wait(timeout=60)
 
 
+def w2_processes(url: str, processes: int, count: int, repeats: int) -> float:
+    """W2 workflows per second served by ``processes`` worker processes; this one only starts and watches."""
+
+    def rate(client: Conductor, batch: int) -> float:
+        return batch / w2_batch(client, batch, wait=_finished)
+
+    return _served(url, processes, rate, count, repeats)
+
+
 def w3_processes(url: str, processes: int, runs: int, steps: int, repeats: int) -> float:
     """W3 steps per second served by ``processes`` worker processes; this one only starts and watches."""
+
+    def rate(client: Conductor, batch: int) -> float:
+        return batch * steps / w3_batch(client, batch, steps, wait=_finished)
+
+    return _served(url, processes, rate, runs, repeats)
+
+
+def _served(url: str, processes: int, rate: Callable[[Conductor, int], float], size: int, repeats: int) -> float:
+    """The median of ``repeats`` batches of ``size`` runs, after a warm-up of 10, with worker processes."""
     client = conductor_on(url)
     with worker_processes(url, processes):
-        w3_batch(client, min(runs, 10), steps, wait=_finished)
-        rate = statistics.median(runs * steps / w3_batch(client, runs, steps, wait=_finished) for _ in range(repeats))
+        rate(client, min(size, 10))
+        median = statistics.median(rate(client, size) for _ in range(repeats))
     client.backend.close()
-    return rate
+    return median
 
 
 # -- cold replay -------------------------------------------------------------------

@@ -4,6 +4,9 @@ Every step is ``_jobs.job``, a trivial function returning {"i": i}.
 
 - W1: one workflow of 200 sequential steps: µs per step (median of 5 after a warm-up).
 - W2: 500 one-step workflows started, then all awaited, 8 worker threads: workflows per second.
+  Substantial's W2 runs twice: with the worker in the process that starts the
+  runs, and in a worker process of its own (``_serve.py``), the starting
+  process only starting and watching: the two share no GIL.
 - W3: 100 workflows of 20 steps running at once, 8 worker threads: steps per second.
 
 Substantial runs on files, on Redis with ``appendonly no`` and on Redis with
@@ -97,36 +100,47 @@ def ratio(value: float, of: float, name: str, target: float) -> str:
 Figures = dict[str, dict[str, float]]
 
 
-def peers(args: argparse.Namespace, table: Table, subjects: list[Store]) -> None:
-    """W1, W2 and W3 on each store, on DBOS and (W2) on RQ; the ratios to DBOS's better variant and RQ."""
-    ours: Figures = {"w1": {}, "w2": {}, "w3": {}}
+def our_figures(args: argparse.Namespace, subjects: list[Store]) -> Figures:
+    """W1, W2 and W3 on each store; W2 also with the 8 worker threads in a process of their own."""
+    ours: Figures = {"w1": {}, "w2": {}, "w2_apart": {}, "w3": {}}
     for label, namespace in subjects:
         system = f"Substantial, {label}"
         if "w1" in args.only:
             ours["w1"][system] = w1_us_per_step(conductor_on(namespace("w1")), args.w1_steps, args.w1_repeats)
         if "w2" in args.only:
             ours["w2"][system] = w2_per_second(conductor_on(namespace("w2")), args.w2_count, args.repeats)
+            ours["w2_apart"][system] = _scale.w2_processes(namespace("w2-apart"), 1, args.w2_count, args.repeats)
         if "w3" in args.only:
             conductor = conductor_on(namespace("w3"))
             ours["w3"][system] = w3_steps_per_second(conductor, args.w3_runs, args.w3_steps, args.repeats)
+    return ours
+
+
+def peers(args: argparse.Namespace, table: Table, subjects: list[Store]) -> None:
+    """W1, W2 and W3 on each store, on DBOS and (W2) on RQ; the ratios to DBOS's better variant and RQ."""
+    ours = our_figures(args, subjects)
     dbos, rq = dbos_figures(args, table), rq_figures(args, table, subjects)
     workloads = {
         "w1": (f"W1 {args.w1_steps} steps", "µs/step", 10),
         "w2": (f"W2 {args.w2_count} workflows", "workflows/s", 5),
+        "w2_apart": (f"W2 {args.w2_count}, worker process", "workflows/s", 5),
         "w3": (f"W3 {args.w3_runs}x{args.w3_steps} steps", "steps/s", 5),
     }
     for key, (workload, unit, target) in workloads.items():
+        peer = key.partition("_")[0]  # the workload the peers ran
         for system, value in ours[key].items():
             row = table.add(workload, system, value, unit)
-            if dbos.get(key) and key == "w1":  # µs per step: DBOS's over ours is the ratio of speeds
-                row.ratios.append(ratio(min(dbos[key].values()), value, "DBOS", target))
-            elif dbos.get(key):
-                row.ratios.append(ratio(value, max(dbos[key].values()), "DBOS", target))
+            if dbos.get(peer) and peer == "w1":  # µs per step: DBOS's over ours is the ratio of speeds
+                row.ratios.append(ratio(min(dbos[peer].values()), value, "DBOS", target))
+            elif dbos.get(peer):
+                row.ratios.append(ratio(value, max(dbos[peer].values()), "DBOS", target))
             rq_here = rq.get(f"RQ SimpleWorker, {system.partition(', ')[2]}") or rq.get(
                 "RQ SimpleWorker, Redis appendonly no"
             )
-            if key == "w2" and rq_here:
+            if peer == "w2" and rq_here:
                 row.ratios.append(ratio(value, rq_here, "RQ", 3))
+        if key != peer:
+            continue
         for system, value in dbos.get(key, {}).items():
             table.add(workload, system, value, unit)
         if key == "w2":
