@@ -19,6 +19,7 @@ from substantial import Conductor
 from substantial.backends import RedisBackend
 
 ROUNDS = 5
+HALT_POLL = "/sys/module/haltpoll/parameters/guest_halt_poll_ns"
 _RAW_LOGS = itertools.count()  # a fresh log for each raw round
 
 
@@ -51,6 +52,18 @@ def main() -> None:
             raw, ours = alternate(lambda n: raw_append_us(url, n), lambda n: substantial_step_us(url, n), steps, ROUNDS)
         print(f"Redis, {label}: raw conditional append {raw:8.1f} µs, save step {ours:8.1f} µs")
         print(f"  ratio {ours / raw:.2f} (target <= 1.5)")
+    print(halt_polling())
+
+
+def halt_polling() -> str:
+    """The guest's idle polling, which moves the ratio: with none, an idle vCPU halts at once and a round trip
+    that comes after some work pays for waking it (Linux's cpuidle-haltpoll; elsewhere, nothing to say)."""
+    try:
+        with open(HALT_POLL) as f:
+            ns = int(f.read())
+    except (OSError, ValueError):
+        return "guest halt polling: not known here"
+    return f"guest halt polling: {ns} ns ({HALT_POLL}; 0 means an idle vCPU halts at once)"
 
 
 if __name__ == "__main__":
