@@ -120,14 +120,13 @@ def peers(args: argparse.Namespace, table: Table, subjects: list[Store]) -> None
     """W1, W2 and W3 on each store, on DBOS and (W2) on RQ; the ratios to DBOS's better variant and RQ."""
     ours = our_figures(args, subjects)
     dbos, rq = dbos_figures(args, table), rq_figures(args, table, subjects)
-    workloads = {
-        "w1": (f"W1 {args.w1_steps} steps", "µs/step", 10),
-        "w2": (f"W2 {args.w2_count} workflows", "workflows/s", 5),
-        "w2_apart": (f"W2 {args.w2_count}, worker process", "workflows/s", 5),
-        "w3": (f"W3 {args.w3_runs}x{args.w3_steps} steps", "steps/s", 5),
+    workloads = {  # ours: (row label, unit, target, the peers' figures it is compared with)
+        "w1": (f"W1 {args.w1_steps} steps", "µs/step", 10, "w1"),
+        "w2": (f"W2 {args.w2_count} workflows", "workflows/s", 5, "w2"),
+        "w2_apart": (f"W2 {args.w2_count}, worker process", "workflows/s", 5, "w2"),
+        "w3": (f"W3 {args.w3_runs}x{args.w3_steps} steps", "steps/s", 5, "w3"),
     }
-    for key, (workload, unit, target) in workloads.items():
-        peer = key.partition("_")[0]  # the workload the peers ran
+    for key, (workload, unit, target, peer) in workloads.items():
         for system, value in ours[key].items():
             row = table.add(workload, system, value, unit)
             if dbos.get(peer) and peer == "w1":  # µs per step: DBOS's over ours is the ratio of speeds
@@ -140,7 +139,7 @@ def peers(args: argparse.Namespace, table: Table, subjects: list[Store]) -> None
             if peer == "w2" and rq_here:
                 row.ratios.append(ratio(value, rq_here, "RQ", 3))
         if key != peer:
-            continue
+            continue  # the peers' rows are shown once, under the workload they ran
         for system, value in dbos.get(key, {}).items():
             table.add(workload, system, value, unit)
         if key == "w2":

@@ -351,7 +351,7 @@ class Execution(History):
             resolution = self._save_done(g.children[i], None if error else future.result(), error)
             if isinstance(resolution, Outcome):
                 g.settle(i, resolution)
-                if isinstance(p.command, AnyOf):
+                if g.first_wins:
                     break  # the first wins; what the others return is not recorded
         done = g.done()
         return done if done is not None and not self._new else AGAIN

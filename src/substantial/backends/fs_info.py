@@ -23,7 +23,11 @@ Slots = list[tuple[int, bytes] | None]
 
 def first_slot(info: bytes) -> bytes:
     """What slot 0 of a new run holds: the summary numbered 0."""
-    return frame(SEQUENCE.pack(0) + info)
+    return _slot(0, info)
+
+
+def _slot(number: int, info: bytes) -> bytes:
+    return frame(SEQUENCE.pack(number) + info)
 
 
 def read_slots(folder: str) -> Slots:
@@ -50,7 +54,7 @@ def write_slot(folder: str, info: bytes) -> None:
     target = numbers.index(min(numbers))  # slot 0 first: list_runs looks for it
     fd = os.open(os.path.join(folder, SLOTS[target]), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        pwrite_all(fd, frame(SEQUENCE.pack(max(numbers) + 1) + info), 0)
+        pwrite_all(fd, _slot(max(numbers) + 1, info), 0)
     finally:
         os.close(fd)
 
