@@ -96,21 +96,29 @@ def park(url: str, count: int, processes: int = 2) -> float:
     return time.perf_counter() - began
 
 
-def w2_on(url: str, count: int, repeats: int) -> float:
+def w2_on(url: str, count: int) -> float:
+    """W2 per second: one batch of ``count`` on a fresh conductor, after a warm-up batch."""
     conductor = conductor_on(url)
     with conductor.run(threads=8, poll_interval=POLL):
         w2_batch(conductor, min(count, 50))
-        rate = statistics.median(count / w2_batch(conductor, count) for _ in range(repeats))
+        rate = count / w2_batch(conductor, count)
     conductor.backend.close()
     return rate
 
 
-def parked_w2(url: str, parked: int, count: int, repeats: int) -> tuple[float, float, float]:
-    """W2 per second on the store empty, the seconds to park ``parked`` runs, W2 per second after."""
-    empty = w2_on(url, count, repeats)
-    took = park(url, parked)
-    full = w2_on(url, count, repeats)
-    return empty, took, full
+def parked_w2(empty_url: str, parked_url: str, parked: int, count: int, repeats: int) -> tuple[float, float, float]:
+    """W2 per second on a store with no parked run, the seconds to park ``parked`` runs in another, W2 per second there.
+
+    The two stores are measured in turn, a batch each per round (medians of
+    ``repeats``): measured one after the other, the ratio moved with this
+    machine's drift, by more than the 20% it is held to.
+    """
+    took = park(parked_url, parked)
+    empty, full = [], []
+    for _ in range(repeats):
+        empty.append(w2_on(empty_url, count))
+        full.append(w2_on(parked_url, count))
+    return statistics.median(empty), took, statistics.median(full)
 
 
 # -- worker processes ------------------------------------------------------------
@@ -202,7 +210,7 @@ def cold_replay_ms(url: str, run_ids: Sequence[str]) -> list[float]:
 def replay_ms_per_1000(url: str, sizes: Sequence[int], repeats: int) -> list[float]:
     """Median ms per 1,000 replayed steps of a cold turn at the end of a run of each size."""
     prepared = [prepare_replays(url, size, repeats) for size in sizes]
-    ids = list(itertools.chain.from_iterable(prepared))
+    ids = list(itertools.chain.from_iterable(zip(*prepared, strict=True)))  # sizes in turn, not one after the other
     timings = dict(zip(ids, cold_replay_ms(url, ids), strict=True))
     return [
         statistics.median(timings[i] for i in runs) / size * 1000 for size, runs in zip(sizes, prepared, strict=True)

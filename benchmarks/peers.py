@@ -195,7 +195,9 @@ def scaling(args: argparse.Namespace, table: Table, subjects: list[Store]) -> No
     for label, namespace in subjects[:2]:
         system = f"Substantial, {label}"
         if "parked" in args.only:
-            empty, took, full = _scale.parked_w2(namespace("parked"), args.parked, args.w2_count, args.repeats)
+            empty, took, full = _scale.parked_w2(
+                namespace("unparked"), namespace("parked"), args.parked, args.w2_count, args.repeats
+            )
             table.add("W2, no parked run", system, empty, "workflows/s")
             row = table.add(f"W2, {args.parked:,} parked", system, full, "workflows/s")
             row.ratios.append(ratio(full, empty, "no parked run", 0.8))
