@@ -15,7 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from _jobs import sleeper, then_wait, waiter
-from _substantial import POLL, await_all, conductor_on, start, w2_batch, w3_batch
+from _substantial import POLL, await_all, conductor_on, start, w2_batch, w2_per_second, w3_batch
 
 from substantial import Conductor, RunHandle, RunStatus
 from substantial.backends import Backend, FSBackend, from_url
@@ -99,9 +99,7 @@ def park(url: str, count: int, processes: int = 2) -> float:
 def w2_on(url: str, count: int) -> float:
     """W2 per second: one batch of ``count`` on a fresh conductor, after a warm-up batch."""
     conductor = conductor_on(url)
-    with conductor.run(threads=8, poll_interval=POLL):
-        w2_batch(conductor, min(count, 50))
-        rate = count / w2_batch(conductor, count)
+    rate = w2_per_second(conductor, count, 1)
     conductor.backend.close()
     return rate
 
